@@ -1,0 +1,270 @@
+"""The calibration card: the one schema that the trainer writes and the service reads.
+
+Train and serve cannot drift apart because both sides import these models. The card travels
+inside the ONNX file (``metadata_props[CARD_METADATA_KEY]``) and beside it as ``card.json``.
+
+This module uses pydantic (a runtime dependency of the service anyway) because the card is a
+file-format boundary: a card written by another version or edited by hand must fail with a
+message naming the field, not deep inside the service. The math modules stay numpy-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CARD_METADATA_KEY = "calibserve.card"
+CARD_SCHEMA_VERSION = 1
+INPUT_NAME = "features"
+LOGITS_OUTPUT = "logits"
+PROBABILITIES_OUTPUT = "probabilities"
+
+# Top-level field number of ModelProto.metadata_props (onnx.proto3: `repeated StringStringEntryProto
+# metadata_props = 14;`). Everything else in the file is what the card's version hashes.
+_METADATA_PROPS_FIELD = 14
+
+
+class _Frozen(BaseModel):
+    # Unknown keys are ignored so that a newer trainer's card still loads in an older service.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class MetricEstimate(_Frozen):
+    """A metric on a split with its sample size and percentile-bootstrap interval."""
+
+    value: float
+    lower: float
+    upper: float
+    n: int
+
+
+class NoiseFloor(_Frozen):
+    """ECE a perfectly calibrated model with the same confidences would show at this n."""
+
+    mean: float
+    upper: float
+    level: float
+    n: int
+
+
+class ReliabilityBin(_Frozen):
+    lower: float
+    upper: float
+    count: int
+    mean_confidence: float | None
+    accuracy: float | None
+
+
+class SplitMetrics(_Frozen):
+    """Calibration of one set of probabilities on the test split."""
+
+    n: int
+    n_bins: int
+    interval_level: float
+    accuracy: MetricEstimate
+    nll: MetricEstimate
+    brier: MetricEstimate
+    ece: MetricEstimate
+    adaptive_ece: MetricEstimate
+    classwise_ece: MetricEstimate
+    mce: float | None
+    mce_min_count: int
+    mean_confidence: float
+    ece_noise_floor: NoiseFloor
+    reliability: tuple[ReliabilityBin, ...]
+
+
+class EvaluationMetrics(_Frozen):
+    """Test-split calibration with and without the fitted temperature."""
+
+    before_temperature: SplitMetrics
+    after_temperature: SplitMetrics
+
+
+class TemperatureInfo(_Frozen):
+    value: float = Field(gt=0)
+    log_value: float
+    fitted_on: Literal["calibration"] = "calibration"
+    n: int
+    nll_before: float
+    nll_after: float
+    at_bound: bool
+
+
+class ConformalLevel(_Frozen):
+    """LAC split-conformal threshold: the set is every class with p >= threshold."""
+
+    coverage: float
+    threshold: float
+    n_calibration: int
+    test_coverage: float
+    test_mean_set_size: float
+
+
+class SelectiveRow(_Frozen):
+    threshold: float
+    coverage: float
+    accuracy: float | None
+    n: int
+
+
+class ReferenceDistribution(_Frozen):
+    """What the test split looked like after temperature scaling: the baseline for drift checks."""
+
+    n: int
+    confidence_bin_edges: tuple[float, ...]
+    confidence_histogram: tuple[int, ...]
+    predicted_class_fraction: tuple[float, ...]
+    mean_confidence: float
+
+
+class DatasetInfo(_Frozen):
+    name: str
+    n_samples: int
+    n_train: int
+    n_calibration: int
+    n_test: int
+    class_counts: tuple[int, ...]
+    split_seed: int
+
+
+class TrainingConfigInfo(_Frozen):
+    label_smoothing: float
+    smoothing_prior: Literal["uniform", "empirical"]
+    prior: tuple[float, ...]
+    seed: int
+    architecture: str
+    hidden_sizes: tuple[int, ...]
+    dropout: float
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    optimizer: Literal["adam"] = "adam"
+
+
+class IOInfo(_Frozen):
+    input: str = INPUT_NAME
+    n_features: int
+    feature_names: tuple[str, ...] | None
+    outputs: tuple[str, ...] = (LOGITS_OUTPUT, PROBABILITIES_OUTPUT)
+
+
+class CalibrationCard(_Frozen):
+    """Everything a caller needs to decide how far to trust this model's probabilities."""
+
+    schema_version: int = CARD_SCHEMA_VERSION
+    name: str
+    version: str = Field(description="sha256 of the ONNX model without its metadata_props")
+    created: datetime
+    producer: str
+    classes: tuple[str, ...]
+    io: IOInfo
+    dataset: DatasetInfo
+    training: TrainingConfigInfo
+    temperature: TemperatureInfo
+    test: EvaluationMetrics
+    conformal: tuple[ConformalLevel, ...]
+    selective: tuple[SelectiveRow, ...]
+    reference: ReferenceDistribution
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CalibrationCard:
+        return cls.model_validate_json(text)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint in ONNX protobuf")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long in ONNX protobuf")
+
+
+def _top_level_fields(data: bytes) -> list[tuple[int, int, int]]:
+    """Split a serialized protobuf message into (field_number, start, end) spans of its raw bytes."""
+    spans: list[tuple[int, int, int]] = []
+    pos = 0
+    while pos < len(data):
+        start = pos
+        key, pos = _read_varint(data, pos)
+        field, wire_type = key >> 3, key & 0x7
+        if wire_type == 0:
+            _, pos = _read_varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _read_varint(data, pos)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire_type}: not an ONNX model")
+        if pos > len(data) or field == 0:
+            raise ValueError("malformed protobuf: not an ONNX model")
+        spans.append((field, start, pos))
+    return spans
+
+
+def model_digest(model_bytes: bytes) -> str:
+    """sha256 of a serialized ONNX ModelProto with its ``metadata_props`` left out.
+
+    The card is stored in ``metadata_props`` and names this digest as its ``version``, so the digest
+    must cover everything except the card: graph, weights, opsets and local functions. Walking the
+    protobuf wire format directly keeps the ``onnx`` package out of the service's dependencies.
+    """
+    digest = hashlib.sha256()
+    for field, start, end in _top_level_fields(model_bytes):
+        if field != _METADATA_PROPS_FIELD:
+            digest.update(model_bytes[start:end])
+    return digest.hexdigest()
+
+
+def summary_lines(card: CalibrationCard) -> list[str]:
+    """A short, readable account of the card for terminals (``calibserve inspect``, ``train``)."""
+    after, before = card.test.after_temperature, card.test.before_temperature
+    level = int(after.interval_level * 100)
+
+    def metric(estimate: MetricEstimate) -> str:
+        return f"{estimate.value:.4f} [{estimate.lower:.4f}, {estimate.upper:.4f}]"
+
+    lines = [
+        f"model      {card.name}  version {card.version[:16]}…  created {card.created:%Y-%m-%d %H:%M} UTC",
+        f"data       {card.dataset.name}: {card.dataset.n_samples} samples, {card.io.n_features} features, "
+        f"{card.n_classes} classes ({', '.join(card.classes[:12])}{', …' if card.n_classes > 12 else ''})",
+        f"split      train {card.dataset.n_train} / calibration {card.dataset.n_calibration} / "
+        f"test {card.dataset.n_test}  (seed {card.dataset.split_seed})",
+        f"training   {card.training.architecture}, label smoothing {card.training.label_smoothing} "
+        f"({card.training.smoothing_prior} prior), {card.training.epochs} epochs, seed {card.training.seed}",
+        f"temperature T = {card.temperature.value:.4f} (calibration NLL {card.temperature.nll_before:.4f} -> "
+        f"{card.temperature.nll_after:.4f})",
+        f"test (n = {after.n}, {level}% intervals)      before T                  after T",
+    ]
+    for label, key in (("accuracy", "accuracy"), ("NLL", "nll"), ("Brier", "brier"), ("ECE", "ece")):
+        lines.append(f"  {label:<10} {metric(getattr(before, key)):>28}  {metric(getattr(after, key)):>28}")
+    floor = after.ece_noise_floor
+    lines.append(f"  ECE noise floor at n = {floor.n}: {floor.mean:.4f} (upper {floor.upper:.4f})")
+    for level_ in card.conformal:
+        lines.append(
+            f"conformal  {level_.coverage:.0%} sets: p >= {level_.threshold:.4f}, test coverage "
+            f"{level_.test_coverage:.3f}, mean size {level_.test_mean_set_size:.2f}"
+        )
+    return lines

@@ -1,0 +1,204 @@
+"""The ``calibserve`` command.
+
+Sub-commands import what they need when they run, so ``calibserve serve`` never imports torch and
+``calibserve --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.errors import ServiceError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calibserve", description="Train, inspect and serve classifiers with calibrated probabilities."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(commands)
+    _add_inspect(commands)
+    return parser
+
+
+def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from service.training.config import TrainConfig
+
+    defaults = TrainConfig()
+    train = commands.add_parser(
+        "train",
+        help="train with label smoothing, fit temperature scaling, export ONNX + calibration card",
+        description="Train an MLP with label smoothing, fit temperature scaling on a held-out calibration "
+        "split, measure calibration on the test split and export models/<name>/ (model.onnx with the card "
+        "embedded, card.json, reliability.png, REPORT.md). Needs the 'train' extra.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = train.add_argument_group("data")
+    data.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or a .csv/.npz path")
+    data.add_argument("--label-column", help="CSV column holding the class (required for .csv)")
+    data.add_argument("--calibration-fraction", type=float, default=defaults.calibration_fraction)
+    data.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    model = train.add_argument_group("model and optimisation")
+    model.add_argument("--hidden-sizes", type=_int_list, default=defaults.hidden_sizes, help="e.g. 256,256")
+    model.add_argument("--dropout", type=float, default=defaults.dropout)
+    model.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+    model.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    model.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    model.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    model.add_argument("--seed", type=int, default=defaults.seed, help="seeds the split, init and batches")
+    smoothing = train.add_argument_group("label smoothing")
+    smoothing.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=defaults.label_smoothing,
+        help="alpha in (1-a)*onehot + a*prior",
+    )
+    smoothing.add_argument(
+        "--smoothing-prior",
+        choices=("uniform", "empirical"),
+        default=defaults.smoothing_prior,
+        help="smooth towards 1/K or towards the training class frequencies",
+    )
+    output = train.add_argument_group("output")
+    output.add_argument("--name", help="model name (default: the data set's name)")
+    output.add_argument("--output-dir", type=Path, help="artifact directory (default: models/<name>)")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    compare = train.add_argument_group("compare (instead of exporting one model)")
+    compare.add_argument(
+        "--compare",
+        action="store_true",
+        help="train alphas x seeds and write a Müller et al. Table 3-style table",
+    )
+    compare.add_argument("--compare-alphas", type=_float_list, default=(0.0, 0.05, 0.1, 0.2))
+    compare.add_argument("--compare-seeds", type=_positive_int, default=5, help="number of seeds (0..n-1)")
+    compare.add_argument("--compare-output", type=Path, help="markdown file (default: <name>-compare.md)")
+    train.set_defaults(handler=_run_train)
+
+
+def _add_inspect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    inspect = commands.add_parser(
+        "inspect",
+        help="verify a model artifact and print its calibration card",
+        description="Verify model.onnx against its embedded card (hash, inputs, outputs, classes) and print "
+        "a readable summary of the card.",
+    )
+    inspect.add_argument("path", type=Path, help="artifact directory (e.g. models/digits) or model.onnx")
+    inspect.add_argument("--json", action="store_true", help="print the full card as JSON")
+    inspect.set_defaults(handler=_run_inspect)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    try:
+        import sklearn  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"calibserve train needs the 'train' extra: pip install 'calibserve[train]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    from service.training.config import TrainConfig
+    from service.training.data import load_dataset
+
+    try:
+        config = TrainConfig(
+            label_smoothing=args.label_smoothing,
+            smoothing_prior=args.smoothing_prior,
+            hidden_sizes=args.hidden_sizes,
+            dropout=args.dropout,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+            calibration_fraction=args.calibration_fraction,
+            test_fraction=args.test_fraction,
+        )
+    except ValueError as exc:
+        print(f"calibserve train: {exc}", file=sys.stderr)
+        return 2
+    dataset = load_dataset(args.data, args.label_column)
+    name = args.name or dataset.name
+    if args.compare:
+        return _compare(args, dataset, config, name)
+    from service.calibration.card import summary_lines
+    from service.training.export import write_artifact
+    from service.training.train import run_training
+
+    run = run_training(dataset, config, progress=not args.no_progress)
+    artifact = write_artifact(run, args.output_dir or Path("models") / name, name)
+    print(f"wrote {artifact.directory}/ (model.onnx, card.json, reliability.png, REPORT.md)")
+    parity = artifact.max_probability_difference
+    print(f"trained in {run.train_seconds:.1f} s; onnxruntime matches torch within {parity:.1e}")
+    print("\n".join(summary_lines(artifact.card)))
+    return 0
+
+
+def _compare(args: argparse.Namespace, dataset: object, config: object, name: str) -> int:
+    from service.training.compare import render_compare, run_compare
+    from service.training.config import TrainConfig
+    from service.training.data import Dataset, stratified_split
+
+    assert isinstance(dataset, Dataset) and isinstance(config, TrainConfig)
+    seeds = tuple(range(args.compare_seeds))
+    rows = run_compare(dataset, config, args.compare_alphas, seeds, progress=not args.no_progress)
+    n_test = len(stratified_split(dataset, config.calibration_fraction, config.test_fraction, 0).test)
+    table = render_compare(rows, dataset.name, n_test, config)
+    output = args.compare_output or Path(f"{name}-compare.md")
+    output.write_text(table, encoding="utf-8")
+    print(table)
+    print(f"wrote {output}")
+    return 0
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from service.calibration.card import summary_lines
+    from service.inference.artifact import load_artifact
+
+    artifact = load_artifact(args.path)
+    if args.json:
+        print(artifact.card.to_json())
+    else:
+        print(f"{artifact.model_path}: verified (card matches the graph's sha256, inputs, outputs and classes)")
+        print("\n".join(summary_lines(artifact.card)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ServiceError as exc:
+        print(f"calibserve {args.command}: error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Typed errors of calibserve, free of any HTTP framework.
+
+Domain code raises these; the API layer maps each class to a status code in one table
+(``service/api/errors.py``), and the CLI prints their message. Keeping the tree here means the
+trainer, the inference engine and the monitor can fail precisely without knowing about HTTP.
+
+    ServiceError                      base: ``message`` for people, ``details`` for machines
+    ├── InvalidInput                  a request that cannot be answered as sent (4xx)
+    ├── ModelNotFound                 no model of that name / version is loaded
+    ├── ModelNotReady                 the model is still loading or failed to load
+    ├── ArtifactError                 model.onnx / card.json missing, corrupt or inconsistent
+    └── DataError                     a training data set that cannot be used (trainer only)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base of every error calibserve raises on purpose."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+
+class InvalidInput(ServiceError):
+    """The caller sent something we will not guess at: wrong shape, type, or value."""
+
+
+class ModelNotFound(ServiceError):
+    """The caller asked for a model name or version that is not loaded."""
+
+
+class ModelNotReady(ServiceError):
+    """The model is not loaded (yet); readiness reports the same condition."""
+
+
+class ArtifactError(ServiceError):
+    """A model artifact is missing, unreadable, or its card does not match the graph."""
+
+
+class DataError(ServiceError):
+    """A training data set is unusable; the message names the column, row or class at fault."""

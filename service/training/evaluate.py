@@ -1,0 +1,157 @@
+"""Turn a training run into its calibration card: test metrics before/after T, conformal, drift reference."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service import __version__
+from service.calibration import card as c
+from service.calibration.conformal import empirical_coverage, fit_conformal, mean_set_size, prediction_sets
+from service.calibration.metrics import (
+    CalibrationSummary,
+    confidence_histogram,
+    selective_prediction_table,
+    summarize,
+)
+from service.calibration.temperature import softmax
+from service.training.model import architecture_name
+from service.training.train import TrainingRun
+
+N_BINS = 15
+INTERVAL_LEVEL = 0.9
+N_BOOTSTRAP = 1000
+MCE_MIN_COUNT = 10
+COVERAGES = (0.9, 0.95)
+
+
+def held_out_probabilities(run: TrainingRun, calibrated: bool = True) -> NDArray[np.float64]:
+    return softmax(run.test_logits, run.temperature.temperature if calibrated else 1.0)
+
+
+def split_metrics(probs: NDArray[np.float64], labels: NDArray[np.int64], seed: int) -> c.SplitMetrics:
+    summary = summarize(
+        probs,
+        labels,
+        n_bins=N_BINS,
+        n_boot=N_BOOTSTRAP,
+        level=INTERVAL_LEVEL,
+        seed=seed,
+        mce_min_count=MCE_MIN_COUNT,
+    )
+    return _card_metrics(summary, len(labels))
+
+
+def _card_metrics(summary: CalibrationSummary, n: int) -> c.SplitMetrics:
+    def estimate(metric: object) -> c.MetricEstimate:
+        return c.MetricEstimate.model_validate(metric, from_attributes=True)
+
+    return c.SplitMetrics(
+        n=n,
+        n_bins=summary.n_bins,
+        interval_level=INTERVAL_LEVEL,
+        accuracy=estimate(summary.accuracy),
+        nll=estimate(summary.nll),
+        brier=estimate(summary.brier),
+        ece=estimate(summary.ece),
+        adaptive_ece=estimate(summary.adaptive_ece),
+        classwise_ece=estimate(summary.classwise_ece),
+        mce=summary.mce,
+        mce_min_count=summary.mce_min_count,
+        mean_confidence=summary.mean_confidence,
+        ece_noise_floor=c.NoiseFloor.model_validate(summary.ece_noise_floor, from_attributes=True),
+        reliability=tuple(c.ReliabilityBin.model_validate(bin_, from_attributes=True) for bin_ in summary.reliability),
+    )
+
+
+def build_card(run: TrainingRun, name: str, version: str, created: datetime | None = None) -> c.CalibrationCard:
+    """The card for ``run``; ``version`` is the digest of the exported graph it describes."""
+    dataset, split, config = run.dataset, run.split, run.config
+    test_labels = dataset.labels[split.test]
+    calibration_labels = dataset.labels[split.calibration]
+    before = held_out_probabilities(run, calibrated=False)
+    after = held_out_probabilities(run, calibrated=True)
+    calibration_probs = softmax(run.calibration_logits, run.temperature.temperature)
+    return c.CalibrationCard(
+        name=name,
+        version=version,
+        created=created or datetime.now(UTC),
+        producer=f"calibserve {__version__}",
+        classes=dataset.class_names,
+        io=c.IOInfo(n_features=dataset.features.shape[1], feature_names=dataset.feature_names),
+        dataset=c.DatasetInfo(
+            name=dataset.name,
+            n_samples=len(dataset.labels),
+            n_train=len(split.train),
+            n_calibration=len(split.calibration),
+            n_test=len(split.test),
+            class_counts=tuple(int(v) for v in np.bincount(dataset.labels, minlength=dataset.n_classes)),
+            split_seed=split.seed,
+        ),
+        training=c.TrainingConfigInfo(
+            label_smoothing=config.label_smoothing,
+            smoothing_prior=config.smoothing_prior,
+            prior=tuple(float(v) for v in run.prior),
+            seed=config.seed,
+            architecture=architecture_name(dataset.features.shape[1], config.hidden_sizes, dataset.n_classes),
+            hidden_sizes=config.hidden_sizes,
+            dropout=config.dropout,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
+        ),
+        temperature=c.TemperatureInfo(
+            value=run.temperature.temperature,
+            log_value=run.temperature.log_temperature,
+            n=len(calibration_labels),
+            nll_before=run.temperature.nll_before,
+            nll_after=run.temperature.nll_after,
+            at_bound=run.temperature.at_bound,
+        ),
+        test=c.EvaluationMetrics(
+            before_temperature=split_metrics(before, test_labels, config.seed),
+            after_temperature=split_metrics(after, test_labels, config.seed),
+        ),
+        conformal=_conformal(calibration_probs, calibration_labels, after, test_labels),
+        selective=tuple(
+            c.SelectiveRow.model_validate(row, from_attributes=True)
+            for row in selective_prediction_table(after, test_labels)
+        ),
+        reference=_reference(after, dataset.n_classes),
+    )
+
+
+def _conformal(
+    calibration_probs: NDArray[np.float64],
+    calibration_labels: NDArray[np.int64],
+    test_probs: NDArray[np.float64],
+    test_labels: NDArray[np.int64],
+) -> tuple[c.ConformalLevel, ...]:
+    levels = []
+    for level in fit_conformal(calibration_probs, calibration_labels, COVERAGES):
+        mask = prediction_sets(test_probs, level.threshold)
+        levels.append(
+            c.ConformalLevel(
+                coverage=level.coverage,
+                threshold=level.threshold,
+                n_calibration=level.n_calibration,
+                test_coverage=empirical_coverage(mask, test_labels),
+                test_mean_set_size=mean_set_size(mask),
+            )
+        )
+    return tuple(levels)
+
+
+def _reference(probs: NDArray[np.float64], n_classes: int) -> c.ReferenceDistribution:
+    confidences = probs.max(axis=1)
+    predicted = np.bincount(probs.argmax(axis=1), minlength=n_classes) / len(probs)
+    return c.ReferenceDistribution(
+        n=len(probs),
+        confidence_bin_edges=tuple(float(e) for e in np.linspace(0.0, 1.0, N_BINS + 1)),
+        confidence_histogram=tuple(int(v) for v in confidence_histogram(confidences, N_BINS)),
+        predicted_class_fraction=tuple(float(v) for v in predicted),
+        mean_confidence=float(confidences.mean()),
+    )

@@ -1,0 +1,27 @@
+"""Shared fixtures: real artifacts, trained for a few epochs into temporary directories."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "digits"
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real digits artifact from a short training run (a few seconds), shared by the session."""
+    pytest.importorskip("torch", reason="training needs the 'train' extra")
+    from service.training.config import TrainConfig
+    from service.training.data import load_dataset
+    from service.training.export import write_artifact
+    from service.training.train import run_training
+
+    config = TrainConfig(epochs=4, hidden_sizes=(32,), seed=3)
+    run = run_training(load_dataset("digits"), config, progress=False)
+    directory = tmp_path_factory.mktemp("artifacts") / "tiny"
+    write_artifact(run, directory, "tiny")
+    yield directory
