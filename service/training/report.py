@@ -129,9 +129,13 @@ def render_report(card: CalibrationCard) -> str:
         "| confidence bin | count | mean confidence | accuracy |",
         "|---|---|---|---|",
     ]
-    for b in after.reliability:
+    last = len(after.reliability) - 1
+    for index, b in enumerate(after.reliability):
+        closing = "]" if index == last else ")"  # a confidence of exactly 1.0 belongs to the last bin
         if b.count:
-            lines.append(f"| [{b.lower:.3f}, {b.upper:.3f}) | {b.count} | {b.mean_confidence:.4f} | {b.accuracy:.4f} |")
+            lines.append(
+                f"| [{b.lower:.3f}, {b.upper:.3f}{closing} | {b.count} | {b.mean_confidence:.4f} | {b.accuracy:.4f} |"
+            )
     lines += [
         "",
         "## Conformal prediction sets (split conformal, LAC score)",
