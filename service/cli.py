@@ -43,9 +43,63 @@ def build_parser() -> argparse.ArgumentParser:
         prog="calibserve", description="Train, inspect and serve classifiers with calibrated probabilities."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
     _add_train(commands)
     _add_inspect(commands)
     return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from service.settings import ENV_PREFIX, Settings
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the model over REST (default: the bundled models/digits)",
+        description="Start the calibserve API under uvicorn. Every option can also be set with its environment "
+        f"variable ({ENV_PREFIX}<NAME>); options given here win.",
+    )
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        serve.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{field.description} [env {ENV_PREFIX}{name.upper()}; default {default}]",
+        )
+    serve.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.main import load_engine
+    from service.settings import ENV_PREFIX, Settings
+
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        print(f"calibserve serve: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    load_engine(settings)  # fail fast, before uvicorn, with a message naming the file and the problem
+    # Worker processes build their own Settings from the environment: hand the overrides down that way.
+    for name, value in overrides.items():
+        os.environ[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=8,
+    )
+    return 0
 
 
 def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -5,11 +5,15 @@ Domain code raises these; the API layer maps each class to a status code in one 
 trainer, the inference engine and the monitor can fail precisely without knowing about HTTP.
 
     ServiceError                      base: ``message`` for people, ``details`` for machines
-    ├── InvalidInput                  a request that cannot be answered as sent (4xx)
+    ├── InvalidInput                  a request that cannot be answered as sent (422)
+    │   ├── MalformedRequest          not JSON, or no body (400)
+    │   ├── PayloadTooLarge           over the byte or instance limit (413)
+    │   └── UnsupportedMediaType      not application/json (415)
     ├── ModelNotFound                 no model of that name / version is loaded
     ├── ModelNotReady                 the model is still loading or failed to load
     ├── ArtifactError                 model.onnx / card.json missing, corrupt or inconsistent
-    └── DataError                     a training data set that cannot be used (trainer only)
+    ├── DataError                     a training data set that cannot be used (trainer only)
+    └── ConfigurationError            settings that cannot work with the loaded model (start-up)
 """
 
 from __future__ import annotations
@@ -44,3 +48,19 @@ class ArtifactError(ServiceError):
 
 class DataError(ServiceError):
     """A training data set is unusable; the message names the column, row or class at fault."""
+
+
+class MalformedRequest(InvalidInput):
+    """The body is not parseable JSON, or required parts of the request are missing (400)."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """More bytes or more instances than the configured limits (413)."""
+
+
+class UnsupportedMediaType(InvalidInput):
+    """The body is not sent as application/json (415)."""
+
+
+class ConfigurationError(ServiceError):
+    """Settings that cannot work with the loaded model (e.g. an unreachable target accuracy)."""

@@ -1,0 +1,29 @@
+"""Request-scoped access to what the lifespan loaded."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from service.errors import ModelNotFound, ModelNotReady
+from service.inference.engine import InferenceEngine
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_engine(request: Request) -> InferenceEngine:
+    engine: InferenceEngine | None = request.app.state.engine
+    if engine is None:
+        raise ModelNotReady("the model is not loaded yet", {"retry": True})
+    return engine
+
+
+def require_model(engine: InferenceEngine, name: str | None) -> None:
+    if name is not None and name != engine.card.name:
+        raise ModelNotFound(
+            f"model {name!r} is not loaded; this server serves {engine.card.name!r}",
+            {"model": name, "available": [engine.card.name]},
+        )

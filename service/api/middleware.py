@@ -1,0 +1,101 @@
+"""Request guards that must act before the body is parsed: media type (415) and body size (413).
+
+A pure ASGI middleware, so an oversized body is refused from its Content-Length, or cut off while it
+streams in, without ever being read into memory whole.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_BODY_METHODS = {b"POST", b"PUT", b"PATCH", "POST", "PUT", "PATCH"}
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` mid-stream. An HTTPException, because FastAPI re-raises those from body
+    parsing (anything else becomes a generic 400) and the app's handler turns it into our 413 shape."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes (CALIBSERVE_MAX_BODY_BYTES)")
+
+
+async def _send_error(send: Send, status: int, kind: str, message: str, details: dict[str, Any]) -> None:
+    body = json.dumps({"error": {"type": kind, "message": message, "details": details}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class BodyGuard:
+    """415 for non-JSON bodies, 413 for bodies over ``max_body_bytes`` (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length")
+        has_body = "transfer-encoding" in headers or (length is not None and length.strip() not in ("", "0"))
+        content_type = headers.get("content-type")
+        if (content_type is not None or has_body) and not _is_json(content_type or ""):
+            await _send_error(
+                send,
+                415,
+                "unsupported_media_type",
+                f"request body must be JSON (Content-Type: application/json), got {content_type or 'no Content-Type'}",
+                {"field": "content-type"},
+            )
+            return
+        if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
+            await self._too_large(send, int(length))
+            return
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not response_started:
+                await self._too_large(send, received)
+
+    async def _too_large(self, send: Send, size: int) -> None:
+        await _send_error(
+            send,
+            413,
+            "payload_too_large",
+            f"request body exceeds {self.max_body_bytes} bytes (CALIBSERVE_MAX_BODY_BYTES)",
+            {"limit_bytes": self.max_body_bytes, "received_at_least": size},
+        )

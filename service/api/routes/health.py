@@ -1,0 +1,61 @@
+"""Liveness, readiness, and calibration health (advisory: it never changes the other two)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from service.api.deps import get_engine, get_settings
+from service.inference.engine import InferenceEngine
+from service.monitoring.health import Thresholds, calibration_health
+from service.settings import Settings
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live")
+def live() -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "ok"}
+
+
+@router.get("/health/ready")
+def ready(request: Request) -> JSONResponse:
+    """200 once the model is loaded and verified, 503 before."""
+    engine = request.app.state.engine
+    if engine is None:
+        return JSONResponse({"status": "loading"}, status_code=503)
+    return JSONResponse({"status": "ready", "model": engine.card.name, "version": engine.card.version})
+
+
+@router.get("/health/calibration")
+def calibration(
+    engine: InferenceEngine = Depends(get_engine), settings: Settings = Depends(get_settings)
+) -> dict[str, Any]:
+    """Is the model calibrated? ``status`` with every reason and its threshold; card reference figures."""
+    card = engine.card
+    health = calibration_health(card, Thresholds(settings.ece_warning, settings.ece_critical))
+    after = card.test.after_temperature
+    return {
+        "status": health.status,
+        "reasons": [asdict(reason) for reason in health.reasons],
+        "model": {"name": card.name, "version": card.version},
+        "reference": {
+            "source": "card: test split after temperature scaling",
+            "n": after.n,
+            "temperature": card.temperature.value,
+            "accuracy": after.accuracy.model_dump(),
+            "ece": after.ece.model_dump(),
+            "ece_noise_floor": after.ece_noise_floor.model_dump(),
+            "adaptive_ece": after.adaptive_ece.model_dump(),
+            "nll": after.nll.model_dump(),
+            "brier": after.brier.model_dump(),
+            "mean_confidence": after.mean_confidence,
+            "reliability": [b.model_dump() for b in after.reliability],
+        },
+        "live": health.live,
+        "thresholds": {"ece_warning": settings.ece_warning, "ece_critical": settings.ece_critical},
+    }

@@ -1,0 +1,125 @@
+"""HTTP request and response shapes (pydantic at the boundary; frozen dataclasses inside)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+# Two real digits (a "0" and a "1") so the examples in /docs can be pasted as they are.
+DIGIT_ZERO = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0]
+DIGIT_ZERO += [0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
+DIGIT_ONE = [0, 0, 0, 12, 13, 5, 0, 0, 0, 0, 0, 11, 16, 9, 0, 0, 0, 0, 3, 15, 16, 6, 0, 0, 0, 7, 15, 16, 16, 2, 0, 0]
+DIGIT_ONE += [0, 0, 1, 16, 16, 3, 0, 0, 0, 0, 1, 16, 16, 6, 0, 0, 0, 0, 1, 16, 16, 6, 0, 0, 0, 0, 0, 11, 16, 10, 0, 0]
+
+
+def _row_kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return None
+
+
+Instance = Annotated[
+    Annotated[list[float], Tag("list")] | Annotated[dict[str, float], Tag("object")],
+    Discriminator(
+        _row_kind,
+        custom_error_type="instance_type",
+        custom_error_message="each instance must be a list of numbers or an object mapping feature name to number",
+    ),
+]
+
+
+class PredictRequest(BaseModel):
+    """Rows of raw features; strict: no strings, booleans, NaN or Infinity where numbers belong."""
+
+    model_config = ConfigDict(
+        strict=True,
+        allow_inf_nan=False,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                cast(dict[str, Any], {"instances": [DIGIT_ZERO, DIGIT_ONE]}),
+                cast(dict[str, Any], {"instances": [DIGIT_ZERO], "coverage": 0.95, "top_k": 3, "include_logits": True}),
+            ]
+        },
+    )
+
+    instances: list[Instance] = Field(
+        min_length=1,
+        description="feature rows: lists in the card's feature order, or objects keyed by feature name",
+    )
+    coverage: float = Field(0.9, description="conformal coverage level of the prediction set (one of the card's)")
+    top_k: int | None = Field(None, ge=1, description="also return the k most probable classes")
+    include_logits: bool = Field(False, description="also return the uncalibrated logits")
+    model: str | None = Field(None, description="model name to check against the loaded one (404 if different)")
+
+
+class ExpectedAccuracy(BaseModel):
+    value: float | None = Field(description="test accuracy of the card's reliability band holding this confidence")
+    interval: tuple[float, float] | None = Field(description="90% Wilson interval of that accuracy")
+    confidence_lower: float = Field(description="band's lower confidence bound (inclusive)")
+    confidence_upper: float = Field(description="band's upper confidence bound")
+    support: int = Field(description="test samples in the band")
+
+
+class ClassProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    label: str
+    class_index: int
+    confidence: float = Field(description="calibrated probability of the predicted class")
+    probabilities: dict[str, float] = Field(description="calibrated probability per class (sums to 1)")
+    prediction_set: list[str] = Field(description="conformal set at the requested coverage; never empty")
+    expected_accuracy: ExpectedAccuracy
+    entropy: float = Field(description="entropy of the calibrated distribution, nats")
+    margin: float = Field(description="top-1 minus top-2 probability")
+    abstain: bool = Field(description="confidence below the configured abstain threshold")
+    top_k: list[ClassProbability] | None = None
+    logits: list[float] | None = None
+
+
+class EceSummary(BaseModel):
+    value: float
+    lower: float
+    upper: float
+    n: int
+    noise_floor: float = Field(description="mean ECE a perfectly calibrated model would show at this n")
+
+
+class ModelSummary(BaseModel):
+    name: str
+    version: str
+    temperature: float
+    label_smoothing: float
+    smoothing_prior: str
+    ece: EceSummary = Field(description="card's test ECE after temperature scaling (15 bins)")
+    coverage: float
+    abstain_threshold: float
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    model: ModelSummary
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok", "loading"]
+
+
+class ModelList(BaseModel):
+    models: list[dict[str, Any]]

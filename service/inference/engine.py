@@ -1,0 +1,184 @@
+"""Calibrated inference: one onnxruntime call per batch, then vectorised trust metadata from the card.
+
+The graph already applies the temperature; everything added here (prediction sets, expected accuracy,
+entropy, margin, abstention) is derived from the probabilities and the card with whole-array numpy,
+never a Python loop over classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from service.calibration.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT, CalibrationCard, SelectiveRow
+from service.calibration.conformal import prediction_sets
+from service.calibration.metrics import bin_indices
+from service.errors import ConfigurationError, InvalidInput
+from service.inference.artifact import LoadedArtifact
+
+
+@dataclass(frozen=True, slots=True)
+class AccuracyBand:
+    """Neighbouring reliability bins merged until they hold enough test samples to quote an accuracy."""
+
+    lower: float
+    upper: float
+    accuracy: float | None
+    support: int
+    accuracy_low: float | None
+    accuracy_high: float | None
+
+
+def wilson_interval(correct: float, n: int, z: float = 1.6448536269514722) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (90% by default; Wilson 1927).
+
+    Chosen over the normal approximation because bands are small and accuracies near 1, where the
+    normal interval collapses to a point or leaves [0, 1].
+    """
+    p = correct / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPrediction:
+    """Per-row arrays for one batch; ``band_index`` points into ``InferenceEngine.bands``."""
+
+    logits: NDArray[np.float32]
+    probabilities: NDArray[np.float64]
+    class_index: NDArray[np.intp]
+    confidence: NDArray[np.float64]
+    prediction_set: NDArray[np.bool_]
+    band_index: NDArray[np.intp]
+    entropy: NDArray[np.float64]
+    margin: NDArray[np.float64]
+    abstain: NDArray[np.bool_]
+    coverage: float
+
+
+def accuracy_bands(card: CalibrationCard, min_support: int) -> tuple[tuple[AccuracyBand, ...], NDArray[np.intp]]:
+    """Merge the card's after-T reliability bins left to right until each band has ``min_support`` samples.
+
+    Returns the bands and, for each of the card's bins, the band it belongs to. Merging adjacent bins
+    keeps the accuracies monotone wherever the card's own bins are (a weighted mean of a run of a
+    monotone sequence stays between its neighbours' means). A final band short of support joins the one
+    before it; a card with fewer samples than ``min_support`` in total gives one band.
+    """
+    bins = card.test.after_temperature.reliability
+    groups: list[list[int]] = [[]]
+    support = 0
+    for i, bin_ in enumerate(bins):
+        groups[-1].append(i)
+        support += bin_.count
+        if support >= min_support and i < len(bins) - 1:
+            groups.append([])
+            support = 0
+    if len(groups) > 1 and sum(bins[i].count for i in groups[-1]) < min_support:
+        groups[-2].extend(groups.pop())
+    bands = []
+    band_of_bin = np.empty(len(bins), dtype=np.intp)
+    for band, members in enumerate(groups):
+        count = sum(bins[i].count for i in members)
+        correct = sum((bins[i].accuracy or 0.0) * bins[i].count for i in members)
+        low, high = wilson_interval(correct, count) if count else (None, None)
+        bands.append(
+            AccuracyBand(
+                bins[members[0]].lower, bins[members[-1]].upper, correct / count if count else None, count, low, high
+            )
+        )
+        band_of_bin[members] = band
+    return tuple(bands), band_of_bin
+
+
+def abstain_threshold(card: CalibrationCard, abstain_below: float | None, target_accuracy: float | None) -> float:
+    """Confidence below which predictions are flagged ``abstain`` (0.0: never)."""
+    if abstain_below is not None:
+        return abstain_below
+    if target_accuracy is None:
+        return 0.0
+    reaching: list[SelectiveRow] = [
+        row for row in card.selective if row.accuracy is not None and row.accuracy >= target_accuracy
+    ]
+    if not reaching:
+        best = max((row for row in card.selective if row.accuracy is not None), key=lambda r: r.accuracy or 0.0)
+        raise ConfigurationError(
+            f"target accuracy {target_accuracy} is not reached at any threshold of the card's selective table "
+            f"(best: {best.accuracy:.4f} at confidence >= {best.threshold})"
+        )
+    return min(row.threshold for row in reaching)
+
+
+class InferenceEngine:
+    """An onnxruntime session over a verified artifact, plus the card-derived lookups used per request."""
+
+    def __init__(
+        self,
+        artifact: LoadedArtifact,
+        *,
+        abstain_below: float | None = None,
+        target_accuracy: float | None = None,
+        min_bin_support: int = 10,
+        threads: int = 1,
+    ) -> None:
+        self.card = artifact.card
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(artifact.model_bytes, options, providers=["CPUExecutionProvider"])
+        self.bands, self._band_of_bin = accuracy_bands(self.card, min_bin_support)
+        self.abstain_threshold = abstain_threshold(self.card, abstain_below, target_accuracy)
+        self._conformal = {level.coverage: level.threshold for level in self.card.conformal}
+        self.classes = np.asarray(self.card.classes)
+
+    @property
+    def coverages(self) -> tuple[float, ...]:
+        return tuple(sorted(self._conformal))
+
+    def conformal_threshold(self, coverage: float) -> float:
+        for level, threshold in self._conformal.items():
+            if abs(level - coverage) < 1e-9:
+                return threshold
+        available = ", ".join(f"{c:g}" for c in self.coverages)
+        raise InvalidInput(
+            f"coverage {coverage:g} is not available; this model's card has conformal levels {available}",
+            {"field": "coverage", "allowed": list(self.coverages)},
+        )
+
+    def run(self, features: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+        """Logits and probabilities straight from the graph (float64 probabilities, renormalised rows)."""
+        logits, probabilities = self._session.run(
+            [LOGITS_OUTPUT, PROBABILITIES_OUTPUT], {INPUT_NAME: np.ascontiguousarray(features, dtype=np.float32)}
+        )
+        probs = np.asarray(probabilities, dtype=np.float64)
+        probs /= probs.sum(axis=1, keepdims=True)  # float32 rows sum to 1 +- 1e-7; make it exact in float64
+        return np.asarray(logits), probs
+
+    def predict(self, features: NDArray[np.float32], coverage: float = 0.9) -> BatchPrediction:
+        threshold = self.conformal_threshold(coverage)
+        if features.ndim != 2 or features.shape[1] != self.card.io.n_features:
+            raise InvalidInput(f"features must be [N, {self.card.io.n_features}], got {list(features.shape)}")
+        logits, probs = self.run(features)
+        class_index = probs.argmax(axis=1)
+        rows = np.arange(len(probs))
+        confidence = probs[rows, class_index]
+        top_two = np.partition(probs, -2, axis=1)[:, -2:] if probs.shape[1] > 1 else np.zeros((len(probs), 2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = -np.where(probs > 0, probs * np.log(probs), 0.0).sum(axis=1)
+        return BatchPrediction(
+            logits=logits,
+            probabilities=probs,
+            class_index=class_index,
+            confidence=confidence,
+            prediction_set=prediction_sets(probs, threshold),
+            band_index=self._band_of_bin[bin_indices(confidence, len(self._band_of_bin))],
+            entropy=entropy,
+            margin=top_two[:, 1] - top_two[:, 0],
+            abstain=confidence < self.abstain_threshold,
+            coverage=coverage,
+        )

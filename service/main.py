@@ -1,0 +1,68 @@
+"""The ASGI application: ``create_app(settings)``; ``service.main:app`` for uvicorn.
+
+The lifespan loads and verifies the artifact once; a broken artifact stops start-up with a message
+naming the file. Importing this module loads no torch (a test asserts it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.api.errors import install_error_handlers
+from service.api.middleware import BodyGuard
+from service.api.routes import health, models, predict
+from service.inference.artifact import load_artifact
+from service.inference.engine import InferenceEngine
+from service.settings import Settings
+
+logger = logging.getLogger("calibserve")
+
+DESCRIPTION = """
+Calibrated class probabilities with the trust metadata of the model's calibration card:
+temperature-scaled probabilities, a split-conformal prediction set, the accuracy the model had on its
+test split at this confidence, and the card's ECE with its sample size.
+"""
+
+
+def load_engine(settings: Settings) -> InferenceEngine:
+    artifact = load_artifact(settings.model_path)
+    return InferenceEngine(
+        artifact,
+        abstain_below=settings.abstain_below,
+        target_accuracy=settings.target_accuracy,
+        min_bin_support=settings.min_bin_support,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = load_engine(settings)
+        app.state.engine = engine
+        logger.info("serving %s version %s from %s", engine.card.name, engine.card.version[:12], settings.model_path)
+        yield
+        app.state.engine = None
+
+    app = FastAPI(title="calibserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = None
+    install_error_handlers(app)
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
+    for module in (predict, models, health):
+        app.include_router(module.router)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn service.main:app` works, but importing this module does not read the environment.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)
