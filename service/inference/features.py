@@ -72,7 +72,8 @@ def _as_float32(matrix: NDArray[np.float64]) -> NDArray[np.float32]:
     if not np.isfinite(features).all():
         row, column = (int(v) for v in np.argwhere(~np.isfinite(features))[0])
         raise InvalidInput(
-            f"instances[{row}][{column}] = {float(matrix[row, column])!r} is not a finite float32 (|x| must be below 3.4e38)",
+            f"instances[{row}][{column}] = {float(matrix[row, column])!r} is not a finite float32 "
+            "(|x| must be below 3.4e38)",
             {"field": f"instances[{row}][{column}]"},
         )
     return features

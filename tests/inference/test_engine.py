@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ def test_wider_coverage_gives_superset_sets(engine: InferenceEngine, digits: np.
 def test_bands_partition_the_unit_interval(engine: InferenceEngine) -> None:
     bands = engine.bands
     assert bands[0].lower == 0.0 and bands[-1].upper == 1.0
-    assert all(a.upper == b.lower for a, b in zip(bands, bands[1:], strict=False))
+    assert all(a.upper == b.lower for a, b in itertools.pairwise(bands))
     assert sum(b.support for b in bands) == engine.card.test.after_temperature.n
     assert all(b.support >= 10 for b in bands)
 
