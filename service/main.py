@@ -40,8 +40,19 @@ def load_engine(settings: Settings) -> InferenceEngine:
     )
 
 
+def configure_logging(level: str) -> None:
+    """Our own log lines beside uvicorn's; idempotent, as every worker builds its app."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level.upper())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
