@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service.errors import ServiceError
+from service.training.config import TrainConfig  # torch-free: the trainer's heavy imports stay in handlers
+from service.training.data import Dataset, load_dataset
 
 
 def _positive_int(text: str) -> int:
@@ -103,8 +105,6 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from service.training.config import TrainConfig
-
     defaults = TrainConfig()
     train = commands.add_parser(
         "train",
@@ -178,9 +178,6 @@ def _run_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from service.training.config import TrainConfig
-    from service.training.data import load_dataset
-
     try:
         config = TrainConfig(
             label_smoothing=args.label_smoothing,
@@ -217,8 +214,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace, dataset: object, config: object, name: str) -> int:
     from service.training.compare import render_compare, run_compare
-    from service.training.config import TrainConfig
-    from service.training.data import Dataset, stratified_split
+    from service.training.data import stratified_split
 
     assert isinstance(dataset, Dataset) and isinstance(config, TrainConfig)
     seeds = tuple(range(args.compare_seeds))
