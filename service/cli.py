@@ -212,11 +212,10 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace, dataset: object, config: object, name: str) -> int:
+def _compare(args: argparse.Namespace, dataset: Dataset, config: TrainConfig, name: str) -> int:
     from service.training.compare import render_compare, run_compare
     from service.training.data import stratified_split
 
-    assert isinstance(dataset, Dataset) and isinstance(config, TrainConfig)
     seeds = tuple(range(args.compare_seeds))
     rows = run_compare(dataset, config, args.compare_alphas, seeds, progress=not args.no_progress)
     n_test = len(stratified_split(dataset, config.calibration_fraction, config.test_fraction, 0).test)
