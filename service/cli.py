@@ -74,6 +74,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _run_serve(args: argparse.Namespace) -> int:
     import os
+    import signal
 
     import uvicorn
     from pydantic import ValidationError
@@ -92,6 +93,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     # Worker processes build their own Settings from the environment: hand the overrides down that way.
     for name, value in overrides.items():
         os.environ[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    # uvicorn finishes in-flight requests on SIGTERM, then re-raises the signal to whatever handler was
+    # installed before it: make that an ordinary exit, so a graceful stop ends with status 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         "service.main:create_app",
         factory=True,

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyGuard
+from service.api.openapi import install_model_openapi
 from service.api.routes import health, models, predict
 from service.inference.artifact import load_artifact
 from service.inference.engine import InferenceEngine
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
     for module in (predict, models, health):
         app.include_router(module.router)
+    install_model_openapi(app, lambda: app.state.engine.card if app.state.engine else None, settings.max_instances)
     return app
 
 

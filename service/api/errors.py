@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.middleware import BodyTooLarge
 from service.errors import (
     ArtifactError,
     ConfigurationError,
@@ -101,9 +102,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return await _service_error(request, validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kinds = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        return error_response(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, BodyTooLarge):
+            return await _service_error(request, exc.as_service_error())
+        if exc.status_code == 400:
+            # FastAPI's own 400 for bodies json.loads cannot even decode (invalid UTF-8, nesting too deep).
+            return await _service_error(
+                request,
+                MalformedRequest(f"request body could not be decoded as JSON ({exc.detail})", {"field": "body"}),
+            )
+        kinds = {404: "not_found", 405: "method_not_allowed"}
+        response = error_response(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

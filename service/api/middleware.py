@@ -12,6 +12,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import PayloadTooLarge
+
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH", "POST", "PUT", "PATCH"}
 
 
@@ -19,8 +21,17 @@ class BodyTooLarge(HTTPException):
     """Raised from ``receive`` mid-stream. An HTTPException, because FastAPI re-raises those from body
     parsing (anything else becomes a generic 400) and the app's handler turns it into our 413 shape."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds {limit} bytes (CALIBSERVE_MAX_BODY_BYTES)")
+    def __init__(self, limit: int, received: int) -> None:
+        super().__init__(413, too_large_message(limit))
+        self.limit = limit
+        self.received = received
+
+    def as_service_error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(self.detail, {"limit_bytes": self.limit, "received_at_least": self.received})
+
+
+def too_large_message(limit: int) -> str:
+    return f"request body exceeds {limit} bytes (CALIBSERVE_MAX_BODY_BYTES)"
 
 
 async def _send_error(send: Send, status: int, kind: str, message: str, details: dict[str, Any]) -> None:
@@ -76,7 +87,7 @@ class BodyGuard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
+                    raise BodyTooLarge(self.max_body_bytes, received)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -96,6 +107,6 @@ class BodyGuard:
             send,
             413,
             "payload_too_large",
-            f"request body exceeds {self.max_body_bytes} bytes (CALIBSERVE_MAX_BODY_BYTES)",
+            too_large_message(self.max_body_bytes),
             {"limit_bytes": self.max_body_bytes, "received_at_least": size},
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 # Two real digits (a "0" and a "1") so the examples in /docs can be pasted as they are.
 DIGIT_ZERO = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0]
@@ -20,6 +20,15 @@ def _row_kind(value: Any) -> str | None:
         return "object"
     return None
 
+
+def _integral_number(value: Any) -> Any:
+    """JSON has one number type: 3.0 is the integer 3 (as JSON Schema says), 3.5 and "3" stay errors."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+PositiveIntegral = Annotated[int, Field(ge=1), BeforeValidator(_integral_number)]
 
 Instance = Annotated[
     Annotated[list[float], Tag("list")] | Annotated[dict[str, float], Tag("object")],
@@ -51,7 +60,7 @@ class PredictRequest(BaseModel):
         description="feature rows: lists in the card's feature order, or objects keyed by feature name",
     )
     coverage: float = Field(0.9, description="conformal coverage level of the prediction set (one of the card's)")
-    top_k: int | None = Field(None, ge=1, description="also return the k most probable classes")
+    top_k: PositiveIntegral | None = Field(None, description="also return the k most probable classes")
     include_logits: bool = Field(False, description="also return the uncalibrated logits")
     model: str | None = Field(None, description="model name to check against the loaded one (404 if different)")
 

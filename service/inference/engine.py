@@ -140,15 +140,19 @@ class InferenceEngine:
     def coverages(self) -> tuple[float, ...]:
         return tuple(sorted(self._conformal))
 
-    def conformal_threshold(self, coverage: float) -> float:
-        for level, threshold in self._conformal.items():
+    def resolve_coverage(self, coverage: float) -> float:
+        """The card's conformal level equal to ``coverage`` (to 1e-9); 422 naming the levels otherwise."""
+        for level in self._conformal:
             if abs(level - coverage) < 1e-9:
-                return threshold
+                return level
         available = ", ".join(f"{c:g}" for c in self.coverages)
         raise InvalidInput(
             f"coverage {coverage:g} is not available; this model's card has conformal levels {available}",
             {"field": "coverage", "allowed": list(self.coverages)},
         )
+
+    def conformal_threshold(self, coverage: float) -> float:
+        return self._conformal[self.resolve_coverage(coverage)]
 
     def run(self, features: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         """Logits and probabilities straight from the graph (float64 probabilities, renormalised rows)."""
@@ -156,11 +160,20 @@ class InferenceEngine:
             [LOGITS_OUTPUT, PROBABILITIES_OUTPUT], {INPUT_NAME: np.ascontiguousarray(features, dtype=np.float32)}
         )
         probs = np.asarray(probabilities, dtype=np.float64)
+        broken = ~np.isfinite(probs).all(axis=1)
+        if broken.any():
+            rows = np.flatnonzero(broken)[:10].tolist()
+            raise InvalidInput(
+                f"instances{rows} drive the model's output to NaN or infinity (float32 overflow inside the "
+                "graph): their feature values are far outside anything the model was trained on",
+                {"field": "instances", "rows": rows},
+            )
         probs /= probs.sum(axis=1, keepdims=True)  # float32 rows sum to 1 +- 1e-7; make it exact in float64
         return np.asarray(logits), probs
 
     def predict(self, features: NDArray[np.float32], coverage: float = 0.9) -> BatchPrediction:
-        threshold = self.conformal_threshold(coverage)
+        coverage = self.resolve_coverage(coverage)
+        threshold = self._conformal[coverage]
         if features.ndim != 2 or features.shape[1] != self.card.io.n_features:
             raise InvalidInput(f"features must be [N, {self.card.io.n_features}], got {list(features.shape)}")
         logits, probs = self.run(features)

@@ -15,6 +15,7 @@ from service.errors import InvalidInput
 
 Row = Sequence[float] | Mapping[str, float]
 _SHOWN = 5
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def rows_to_matrix(rows: Sequence[Row], n_features: int, feature_names: Sequence[str] | None) -> NDArray[np.float32]:
@@ -23,7 +24,7 @@ def rows_to_matrix(rows: Sequence[Row], n_features: int, feature_names: Sequence
         raise InvalidInput("instances is empty: send at least one row", {"field": "instances"})
     if all(isinstance(row, list) and len(row) == n_features for row in rows):
         # Fast path: the schema already guaranteed finite numbers; numpy stacks them in one call.
-        return _as_float32(np.asarray(rows, dtype=np.float64))
+        return _as_float32(np.asarray(rows, dtype=np.float64), feature_names)
     index = {name: i for i, name in enumerate(feature_names)} if feature_names is not None else None
     matrix = np.empty((len(rows), n_features), dtype=np.float64)
     for i, row in enumerate(rows):
@@ -36,7 +37,7 @@ def rows_to_matrix(rows: Sequence[Row], n_features: int, feature_names: Sequence
                     {"field": f"instances[{i}]", "expected": n_features, "got": len(row)},
                 )
             matrix[i] = row
-    return _as_float32(matrix)
+    return _as_float32(matrix, feature_names)
 
 
 def _named_row(i: int, row: Mapping[str, float], index: dict[str, int] | None, n_features: int) -> NDArray[np.float64]:
@@ -65,15 +66,19 @@ def _named_row(i: int, row: Mapping[str, float], index: dict[str, int] | None, n
     return values
 
 
-def _as_float32(matrix: NDArray[np.float64]) -> NDArray[np.float32]:
-    """float64 values beyond float32's range would silently become inf inside the graph: refuse them."""
-    with np.errstate(over="ignore"):
-        features = matrix.astype(np.float32)
-    if not np.isfinite(features).all():
-        row, column = (int(v) for v in np.argwhere(~np.isfinite(features))[0])
+def _as_float32(matrix: NDArray[np.float64], feature_names: Sequence[str] | None) -> NDArray[np.float32]:
+    """float64 values beyond float32's range would silently become inf inside the graph: refuse them.
+
+    The bound is checked in float64, before the cast, so it is exactly the ``maximum`` the OpenAPI
+    document publishes (a value a hair above it would otherwise round down to FLT_MAX and pass).
+    """
+    outside = ~(np.abs(matrix) <= FLOAT32_MAX)
+    if outside.any():
+        row, column = (int(v) for v in np.argwhere(outside)[0])
+        name = f" ({feature_names[column]!r})" if feature_names is not None else ""
         raise InvalidInput(
-            f"instances[{row}][{column}] = {float(matrix[row, column])!r} is not a finite float32 "
-            "(|x| must be below 3.4e38)",
-            {"field": f"instances[{row}][{column}]"},
+            f"instances[{row}][{column}]{name} = {float(matrix[row, column])!r} is not a finite float32 "
+            f"(|x| must be at most {FLOAT32_MAX:.7g})",
+            {"field": f"instances[{row}][{column}]", "feature": feature_names[column] if feature_names else None},
         )
-    return features
+    return matrix.astype(np.float32)

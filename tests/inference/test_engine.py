@@ -135,7 +135,7 @@ def test_rows_to_matrix_lists_objects_and_limits() -> None:
         rows_to_matrix([{"a": 1, "b": 2, "z": 3}], 3, names)
     with pytest.raises(InvalidInput, match="card has no feature names"):
         rows_to_matrix([{"a": 1, "b": 2, "c": 3}], 3, None)
-    with pytest.raises(InvalidInput, match=r"instances\[0\]\[1\] = 1e\+39 is not a finite float32"):
+    with pytest.raises(InvalidInput, match=r"instances\[0\]\[1\] \('b'\) = 1e\+39 is not a finite float32"):
         rows_to_matrix([[1, 1e39, 3]], 3, names)
     with pytest.raises(InvalidInput, match="instances is empty"):
         rows_to_matrix([], 3, names)
@@ -146,3 +146,11 @@ def test_tiny_model_without_feature_names(tiny_artifact_dir: Path) -> None:
     batch = engine.predict(np.zeros((3, 64), dtype=np.float32))
     assert batch.probabilities.shape == (3, 10)
     assert all(b.support >= 1 for b in engine.bands)
+
+
+def test_inputs_that_overflow_inside_the_graph_are_refused(engine: InferenceEngine, digits: np.ndarray) -> None:
+    """Found by schemathesis: finite float32 features near 3.4e38 overflow in the first layer (NaN out)."""
+    extreme = digits[:3].copy()
+    extreme[1, :] = 3.4e38  # every feature at the top of float32: the first layer sums to inf
+    with pytest.raises(InvalidInput, match=r"instances\[1\] drive the model's output to NaN or infinity"):
+        engine.predict(extreme)

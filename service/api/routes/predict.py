@@ -55,12 +55,12 @@ def _predict(request: PredictRequest, engine: InferenceEngine, settings: Setting
         raise InvalidInput(
             f"top_k {request.top_k} exceeds the model's {engine.card.n_classes} classes", {"field": "top_k"}
         )
-    engine.conformal_threshold(request.coverage)  # unknown coverage: 422 before looking at the rows
+    coverage = engine.resolve_coverage(request.coverage)  # unknown coverage: 422 before looking at the rows
     features = rows_to_matrix(request.instances, engine.card.io.n_features, engine.card.io.feature_names)
-    batch = engine.predict(features, request.coverage)
+    batch = engine.predict(features, coverage)
     return JSONResponse(
         {
             "predictions": render_predictions(engine, batch, request.top_k, request.include_logits),
-            "model": model_summary(engine, request.coverage),
+            "model": model_summary(engine, coverage),
         }
     )
