@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
+    _add_healthcheck(commands)
     _add_train(commands)
     _add_inspect(commands)
     return parser
@@ -106,6 +107,35 @@ def _run_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=8,
     )
     return 0
+
+
+def _add_healthcheck(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser(
+        "healthcheck",
+        help="exit 0 if the local server answers /health/ready with 200 (for container HEALTHCHECKs)",
+        description="Probe http://127.0.0.1:<CALIBSERVE_PORT>/health/ready; exit 0 when ready, 1 otherwise.",
+    )
+    check.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    check.set_defaults(handler=_run_healthcheck)
+
+
+def _run_healthcheck(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from service.settings import Settings
+
+    settings = Settings()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/health/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            ready = response.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"not ready: {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'ready' if ready else 'not ready'}: {url}")
+    return 0 if ready else 1
 
 
 def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

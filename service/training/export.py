@@ -112,6 +112,7 @@ def write_artifact(run: TrainingRun, output_dir: Path, name: str, created: datet
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=output_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; a container user must be able to read the model
     try:
         (staging / "model.onnx").write_bytes(model_bytes)
         (staging / "card.json").write_text(card.to_json() + "\n", encoding="utf-8")
