@@ -255,7 +255,10 @@ def summary_lines(card: CalibrationCard) -> list[str]:
         f"training   {card.training.architecture}, label smoothing {card.training.label_smoothing} "
         f"({card.training.smoothing_prior} prior), {card.training.epochs} epochs, seed {card.training.seed}",
         f"temperature T = {card.temperature.value:.4f} (calibration NLL {card.temperature.nll_before:.4f} -> "
-        f"{card.temperature.nll_after:.4f})",
+        f"{card.temperature.nll_after:.4f})"
+        + (
+            " AT THE SEARCH BOUND: the calibration split is separable or too small" if card.temperature.at_bound else ""
+        ),
         f"test (n = {after.n}, {level}% intervals)      before T                  after T",
     ]
     for label, key in (("accuracy", "accuracy"), ("NLL", "nll"), ("Brier", "brier"), ("ECE", "ece")):
