@@ -119,6 +119,9 @@ class ReferenceDistribution(_Frozen):
     confidence_histogram: tuple[int, ...]
     predicted_class_fraction: tuple[float, ...]
     mean_confidence: float
+    # Raw top-label confidences (rounded to 6 decimals): lets monitoring run a two-sample KS test, which
+    # the histogram alone cannot. Optional so that cards written before it still load.
+    confidences: tuple[float, ...] | None = None
 
 
 class DatasetInfo(_Frozen):

@@ -154,4 +154,5 @@ def _reference(probs: NDArray[np.float64], n_classes: int) -> c.ReferenceDistrib
         confidence_histogram=tuple(int(v) for v in confidence_histogram(confidences, N_BINS)),
         predicted_class_fraction=tuple(float(v) for v in predicted),
         mean_confidence=float(confidences.mean()),
+        confidences=tuple(round(float(v), 6) for v in np.sort(confidences)),
     )
