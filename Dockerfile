@@ -24,7 +24,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CALIBSERVE_HOST=0.0.0.0 \
     CALIBSERVE_PORT=8000 \
-    CALIBSERVE_MODEL_PATH=/app/models/digits
+    CALIBSERVE_MODEL_PATH=/app/models/digits \
+    CALIBSERVE_DATA_DIR=/data
 RUN groupadd --system --gid 10001 calibserve \
  && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home calibserve \
  && mkdir -p /app/models /data \

@@ -9,6 +9,7 @@ trainer, the inference engine and the monitor can fail precisely without knowing
     │   ├── MalformedRequest          not JSON, or no body (400)
     │   ├── PayloadTooLarge           over the byte or instance limit (413)
     │   └── UnsupportedMediaType      not application/json (415)
+    ├── Unauthorized                  a protected endpoint without the right API key (401)
     ├── ModelNotFound                 no model of that name / version is loaded
     ├── ModelNotReady                 the model is still loading or failed to load
     ├── ArtifactError                 model.onnx / card.json missing, corrupt or inconsistent
@@ -32,6 +33,10 @@ class ServiceError(Exception):
 
 class InvalidInput(ServiceError):
     """The caller sent something we will not guess at: wrong shape, type, or value."""
+
+
+class Unauthorized(ServiceError):
+    """The endpoint needs ``Authorization: Bearer <CALIBSERVE_API_KEY>``."""
 
 
 class ModelNotFound(ServiceError):

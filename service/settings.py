@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CALIBSERVE_"
@@ -49,6 +49,37 @@ class Settings(BaseSettings):
     ece_warning: float = Field(0.05, gt=0.0, description="card or live ECE above this: status warning")
     ece_critical: float = Field(0.10, gt=0.0, description="card or live ECE above this: status critical")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
+
+    # Prediction log and live calibration monitoring.
+    data_dir: Path = Field(Path("data"), description="directory of the prediction log (SQLite) and metrics files")
+    log_predictions: bool = Field(True, description="log every prediction for live calibration monitoring")
+    log_inputs: bool = Field(False, description="also log the input features (off: inputs may be personal data)")
+    log_queue_size: int = Field(10_000, ge=1, description="rows the log writer may hold before the queue is full")
+    log_queue_full: Literal["wait", "drop"] = Field(
+        "wait", description="when the queue is full: wait (up to 5 s) or drop; drops are counted in /metrics"
+    )
+    retention_days: float = Field(30.0, gt=0, description="delete logged predictions older than this")
+    retention_rows: int = Field(1_000_000, ge=1, description="keep at most this many logged predictions")
+    window_labels: int = Field(500, ge=1, description="live window: the last N labelled predictions")
+    window_predictions: int = Field(2000, ge=1, description="live window: the last N predictions (label-free checks)")
+    window_hours: float | None = Field(None, gt=0, description="live window: only the last H hours (unset: no limit)")
+    min_labels: int = Field(50, ge=1, description="fewer labels in the window: insufficient_data, no alarm")
+    min_predictions: int = Field(100, ge=1, description="fewer predictions in the window: insufficient_data")
+    accuracy_drop_warning: float = Field(0.05, gt=0, description="live (or estimated) accuracy this far below the card")
+    accuracy_drop_critical: float = Field(0.10, gt=0, description="... this far below: critical")
+    psi_warning: float = Field(0.10, gt=0, description="PSI of live confidences vs the card's: warning")
+    psi_critical: float = Field(0.25, gt=0, description="PSI: critical")
+    ks_pvalue: float = Field(0.01, gt=0, lt=1, description="KS test of confidences below this p-value: warning")
+    class_shift_warning: float = Field(0.10, gt=0, description="total variation of predicted classes vs training")
+    class_shift_critical: float = Field(0.20, gt=0, description="class shift: critical")
+    api_key: SecretStr | None = Field(None, description="if set, POST /v1/feedback needs 'Authorization: Bearer <key>'")
+    max_feedback_items: int = Field(1000, ge=1, description="most feedback items in one request (more: 413)")
+
+    @field_validator("api_key", "abstain_below", "target_accuracy", "window_hours", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # compose passes `${CALIBSERVE_API_KEY:-}` as an empty string: that means "not set", not "empty key".
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _one_abstain_rule(self) -> Self:

@@ -26,6 +26,7 @@ from service.errors import (
     ModelNotReady,
     PayloadTooLarge,
     ServiceError,
+    Unauthorized,
     UnsupportedMediaType,
 )
 
@@ -33,6 +34,7 @@ logger = logging.getLogger("calibserve.api")
 
 STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     MalformedRequest: 400,
+    Unauthorized: 401,
     ModelNotFound: 404,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
@@ -95,7 +97,10 @@ def install_error_handlers(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500:
             logger.error("%s: %s", type(exc).__name__, exc.message)
-        return error_response(status, error_type(exc), exc.message, exc.details)
+        response = error_response(status, error_type(exc), exc.message, exc.details)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

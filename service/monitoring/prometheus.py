@@ -1,0 +1,51 @@
+"""Prometheus metrics, correct with several uvicorn workers.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (``calibserve serve`` sets it for workers > 1), every process
+writes its samples to files there and ``/metrics`` aggregates them; otherwise the default registry
+serves one process. Gauges that every worker computes from the shared log use ``mostrecent``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+REQUESTS = Counter("calibserve_requests_total", "HTTP requests by route, method and status", ["route", "method", "status"])
+LATENCY = Histogram(
+    "calibserve_request_duration_seconds",
+    "HTTP request latency by route",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+PREDICTIONS = Counter("calibserve_predictions_total", "Predictions by predicted class", ["label"])
+CONFIDENCE = Histogram(
+    "calibserve_prediction_confidence",
+    "Calibrated top-label confidence of each prediction (the card's 15 bins)",
+    buckets=tuple(float(edge) for edge in np.linspace(0, 1, 16)[1:]),
+)
+FEEDBACK = Counter("calibserve_feedback_total", "Feedback items by outcome", ["status"])
+LIVE_ECE = Gauge("calibserve_live_ece", "ECE over the live labelled window", multiprocess_mode="mostrecent")
+LIVE_PSI = Gauge("calibserve_live_psi", "PSI of live vs reference confidences", multiprocess_mode="mostrecent")
+ESTIMATED_ACCURACY = Gauge(
+    "calibserve_estimated_accuracy", "Mean calibrated confidence of recent predictions", multiprocess_mode="mostrecent"
+)
+QUEUE_DEPTH = Gauge("calibserve_log_queue_depth", "Rows waiting for the log writer", multiprocess_mode="livesum")
+DROPPED = Counter("calibserve_log_dropped_rows_total", "Prediction rows not logged (queue full or write error)")
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
