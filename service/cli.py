@@ -75,12 +75,12 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _run_serve(args: argparse.Namespace) -> int:
     import os
+    import shutil
     import signal
 
     import uvicorn
     from pydantic import ValidationError
 
-    from service.main import load_engine
     from service.settings import ENV_PREFIX, Settings
 
     overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
@@ -90,6 +90,15 @@ def _run_serve(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         print(f"calibserve serve: invalid settings: {problems}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        # Metrics from every worker: each writes samples into this directory, /metrics sums them up.
+        # Set before the service modules (and prometheus_client's metrics) are imported anywhere.
+        metrics_dir = settings.data_dir / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+    from service.main import load_engine
+
     load_engine(settings)  # fail fast, before uvicorn, with a message naming the file and the problem
     # Worker processes build their own Settings from the environment: hand the overrides down that way.
     for name, value in overrides.items():

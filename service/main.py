@@ -17,9 +17,11 @@ from service import __version__
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyGuard
 from service.api.openapi import install_model_openapi
-from service.api.routes import health, models, predict
+from service.api.routes import feedback, health, models, predict
 from service.inference.artifact import load_artifact
 from service.inference.engine import InferenceEngine
+from service.monitoring.monitor import Monitor
+from service.monitoring.requests import RequestMetrics
 from service.settings import Settings
 
 logger = logging.getLogger("calibserve")
@@ -58,17 +60,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = load_engine(settings)
-        app.state.engine = engine
+        monitor = Monitor(settings, engine.card)
+        app.state.engine, app.state.monitor = engine, monitor
         logger.info("serving %s version %s from %s", engine.card.name, engine.card.version[:12], settings.model_path)
-        yield
-        app.state.engine = None
+        try:
+            yield
+        finally:
+            app.state.engine = app.state.monitor = None
+            monitor.close()  # drains the log queue: every acknowledged prediction is committed
 
     app = FastAPI(title="calibserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = None
+    app.state.monitor = None
     install_error_handlers(app)
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
-    for module in (predict, models, health):
+    app.add_middleware(RequestMetrics)
+    for module in (predict, feedback, models, health):
         app.include_router(module.router)
     install_model_openapi(app, lambda: app.state.engine.card if app.state.engine else None, settings.max_instances)
     return app

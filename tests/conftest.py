@@ -25,3 +25,18 @@ def tiny_artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     directory = tmp_path_factory.mktemp("artifacts") / "tiny"
     write_artifact(run, directory, "tiny")
     yield directory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every app and server the tests start logs into a temporary directory, never ./data."""
+    import os
+
+    directory = tmp_path_factory.mktemp("calibserve-data")
+    previous = os.environ.get("CALIBSERVE_DATA_DIR")
+    os.environ["CALIBSERVE_DATA_DIR"] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop("CALIBSERVE_DATA_DIR", None)
+    else:
+        os.environ["CALIBSERVE_DATA_DIR"] = previous

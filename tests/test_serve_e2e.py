@@ -33,8 +33,11 @@ def free_port() -> int:
 
 
 def clean_env() -> dict[str, str]:
-    """The caller's environment without CALIBSERVE_* settings, so the command line alone configures the server."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("CALIBSERVE_")}
+    """The caller's environment without CALIBSERVE_* settings, so the command line alone configures the server
+    (except the data directory: the prediction log goes to the session's temporary one, never ./data)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALIBSERVE_")}
+    env["CALIBSERVE_DATA_DIR"] = os.environ["CALIBSERVE_DATA_DIR"]
+    return env
 
 
 def calibserve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

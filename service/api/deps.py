@@ -6,6 +6,7 @@ from fastapi import Request
 
 from service.errors import ModelNotFound, ModelNotReady
 from service.inference.engine import InferenceEngine
+from service.monitoring.monitor import Monitor
 from service.settings import Settings
 
 
@@ -27,3 +28,10 @@ def require_model(engine: InferenceEngine, name: str | None) -> None:
             f"model {name!r} is not loaded; this server serves {engine.card.name!r}",
             {"model": name, "available": [engine.card.name]},
         )
+
+
+def get_monitor(request: Request) -> Monitor:
+    monitor: Monitor | None = request.app.state.monitor
+    if monitor is None:
+        raise ModelNotReady("the model is not loaded yet", {"retry": True})
+    return monitor

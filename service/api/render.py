@@ -31,7 +31,7 @@ def model_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any]:
 
 
 def render_predictions(
-    engine: InferenceEngine, batch: BatchPrediction, top_k: int | None, include_logits: bool
+    engine: InferenceEngine, batch: BatchPrediction, ids: list[str], top_k: int | None, include_logits: bool
 ) -> list[dict[str, Any]]:
     classes: list[str] = list(engine.card.classes)
     bands = [
@@ -62,6 +62,7 @@ def render_predictions(
     predictions = []
     for i, (index, confidence, band, entropy, margin, abstain) in enumerate(rows):
         prediction: dict[str, Any] = {
+            "prediction_id": ids[i],
             "label": classes[index],
             "class_index": index,
             "confidence": confidence,

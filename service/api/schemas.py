@@ -79,6 +79,9 @@ class ClassProbability(BaseModel):
 
 
 class Prediction(BaseModel):
+    prediction_id: str = Field(
+        description="time-sortable id (UUIDv7): send it back with the true label to /v1/feedback"
+    )
     label: str
     class_index: int
     confidence: float = Field(description="calibrated probability of the predicted class")
@@ -132,3 +135,32 @@ class HealthStatus(BaseModel):
 
 class ModelList(BaseModel):
     models: list[dict[str, Any]]
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    prediction_id: str = Field(min_length=1, max_length=64, description="the id /v1/predict returned")
+    label: str = Field(description="the true class label (one of the card's classes)")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"feedback": [{"prediction_id": "01a20a5f-69fe-7000-b9a6-0524f33134ad", "label": "0"}]}]
+        },
+    )
+
+    feedback: list[FeedbackItem] = Field(min_length=1, description="true labels for earlier predictions")
+
+
+class FeedbackResult(BaseModel):
+    prediction_id: str
+    status: Literal["recorded", "duplicate", "conflict", "unknown_id"]
+
+
+class FeedbackResponse(BaseModel):
+    results: list[FeedbackResult]
+    counts: dict[str, int]

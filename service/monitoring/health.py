@@ -1,4 +1,4 @@
-"""Calibration health: is the model still calibrated? Today from its card; the live window plugs in here.
+"""Calibration health from the card: reasons with values and thresholds, and how statuses combine.
 
 Each check yields a ``Reason`` with its value and threshold, so a caller (or an alert) can see why the
 status is what it is. Calibration status is advisory: it never changes liveness or readiness.
@@ -6,7 +6,7 @@ status is what it is. Calibration status is advisory: it never changes liveness 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from service.calibration.card import CalibrationCard
@@ -28,13 +28,6 @@ class Reason:
 class Thresholds:
     ece_warning: float = 0.05
     ece_critical: float = 0.10
-
-
-@dataclass(frozen=True, slots=True)
-class CalibrationHealth:
-    status: Status
-    reasons: tuple[Reason, ...]
-    live: dict[str, object] | None = field(default=None)
 
 
 def worst(statuses: list[Status]) -> Status:
@@ -76,15 +69,3 @@ def card_reasons(card: CalibrationCard, thresholds: Thresholds) -> list[Reason]:
             )
         )
     return reasons
-
-
-def calibration_health(card: CalibrationCard, thresholds: Thresholds) -> CalibrationHealth:
-    reasons = card_reasons(card, thresholds)
-    reasons.append(
-        Reason(
-            "no_live_window",
-            "ok",
-            "no live calibration window yet: the status reflects the card's test split only",
-        )
-    )
-    return CalibrationHealth(worst([r.status for r in reasons]), tuple(reasons))

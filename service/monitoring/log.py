@@ -238,7 +238,8 @@ class PredictionLog:
                 connection.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,))
             if self._retention_rows is not None:
                 connection.execute(
-                    "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                    "DELETE FROM predictions WHERE id IN "
+                    "(SELECT id FROM predictions ORDER BY id DESC LIMIT -1 OFFSET ?)",
                     (self._retention_rows,),
                 )
             connection.execute("DELETE FROM feedback WHERE prediction_id NOT IN (SELECT id FROM predictions)")

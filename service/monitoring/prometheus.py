@@ -20,7 +20,9 @@ from prometheus_client import (
     multiprocess,
 )
 
-REQUESTS = Counter("calibserve_requests_total", "HTTP requests by route, method and status", ["route", "method", "status"])
+REQUESTS = Counter(
+    "calibserve_requests_total", "HTTP requests by route, method and status", ["route", "method", "status"]
+)
 LATENCY = Histogram(
     "calibserve_request_duration_seconds",
     "HTTP request latency by route",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -53,6 +55,8 @@ class Client:
 def settings_for(**overrides: Any) -> Settings:
     """Settings on the bundled model, whatever CALIBSERVE_MODEL_PATH the environment holds."""
     overrides.setdefault("model_path", DEFAULT_MODEL_DIR)
+    # A fresh prediction log per app (some apps are built at import time, before any fixture runs).
+    overrides.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="calibserve-test-")))
     return Settings(**overrides)
 
 

@@ -33,10 +33,13 @@ def ort_outputs(session: ort.InferenceSession, rows: NDArray[np.float64]) -> tup
 
 
 def predict_ok(client: Client, body: dict[str, Any], url: str = "/v1/predict") -> dict[str, Any]:
+    """The response without its per-call prediction ids (fresh UUIDv7s), so that answers compare equal."""
     response = client.predict(body, url)
     assert response.status_code == 200, response.text
     payload: dict[str, Any] = response.json()
     assert len(payload["predictions"]) == len(body["instances"])
+    ids = [prediction.pop("prediction_id") for prediction in payload["predictions"]]
+    assert len(set(ids)) == len(ids)
     return payload
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.api.deps import get_engine, get_settings
+from service.api.deps import get_engine, get_monitor, get_settings
 from service.inference.engine import InferenceEngine
-from service.monitoring.health import Thresholds, calibration_health
+from service.monitoring import prometheus
+from service.monitoring.monitor import Monitor
 from service.settings import Settings
 
 router = APIRouter(tags=["health"])
@@ -33,11 +34,18 @@ def ready(request: Request) -> JSONResponse:
 
 @router.get("/health/calibration")
 def calibration(
-    engine: InferenceEngine = Depends(get_engine), settings: Settings = Depends(get_settings)
+    engine: InferenceEngine = Depends(get_engine),
+    monitor: Monitor = Depends(get_monitor),
+    settings: Settings = Depends(get_settings),
 ) -> dict[str, Any]:
-    """Is the model calibrated? ``status`` with every reason and its threshold; card reference figures."""
+    """Is the model still calibrated on live traffic? ``status`` with every reason, its value and threshold.
+
+    Label checks need feedback (POST /v1/feedback); label-free checks (confidence drift, estimated accuracy,
+    class shift) need only predictions. Too little of either gives ``insufficient_data``, not an alarm.
+    Advisory: this status never changes liveness or readiness.
+    """
     card = engine.card
-    health = calibration_health(card, Thresholds(settings.ece_warning, settings.ece_critical))
+    health = monitor.health()
     after = card.test.after_temperature
     return {
         "status": health.status,
@@ -57,5 +65,18 @@ def calibration(
             "reliability": [b.model_dump() for b in after.reliability],
         },
         "live": health.live,
-        "thresholds": {"ece_warning": settings.ece_warning, "ece_critical": settings.ece_critical},
+        "log": None if health.log is None else asdict(health.log),
+        "window": {
+            "labels": settings.window_labels,
+            "predictions": settings.window_predictions,
+            "hours": settings.window_hours,
+        },
     }
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(monitor: Monitor = Depends(get_monitor)) -> Response:
+    """Prometheus metrics (all workers). Refreshes the live-window gauges first."""
+    monitor.live()
+    body, content_type = prometheus.render()
+    return Response(body, media_type=content_type)

@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from service.api.deps import get_engine, get_settings, require_model
+from service.api.deps import get_engine, get_monitor, get_settings, require_model
 from service.api.render import model_summary, render_predictions
 from service.api.schemas import ErrorResponse, PredictRequest, PredictResponse
 from service.errors import InvalidInput, PayloadTooLarge
 from service.inference.engine import InferenceEngine
 from service.inference.features import rows_to_matrix
+from service.monitoring.monitor import Monitor
 from service.settings import Settings
 
 router = APIRouter(tags=["predict"])
@@ -25,10 +26,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def predict(
     request: PredictRequest,
     engine: InferenceEngine = Depends(get_engine),
+    monitor: Monitor = Depends(get_monitor),
     settings: Settings = Depends(get_settings),
 ) -> JSONResponse:
     """Predict each instance; probabilities are temperature-scaled, sets are split-conformal."""
-    return _predict(request, engine, settings)
+    return _predict(request, engine, monitor, settings)
 
 
 @router.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=ERRORS)
@@ -36,14 +38,15 @@ def predict_named(
     name: str,
     request: PredictRequest,
     engine: InferenceEngine = Depends(get_engine),
+    monitor: Monitor = Depends(get_monitor),
     settings: Settings = Depends(get_settings),
 ) -> JSONResponse:
     """Same as /v1/predict, for clients that address models by name."""
     require_model(engine, name)
-    return _predict(request, engine, settings)
+    return _predict(request, engine, monitor, settings)
 
 
-def _predict(request: PredictRequest, engine: InferenceEngine, settings: Settings) -> JSONResponse:
+def _predict(request: PredictRequest, engine: InferenceEngine, monitor: Monitor, settings: Settings) -> JSONResponse:
     require_model(engine, request.model)
     if len(request.instances) > settings.max_instances:
         raise PayloadTooLarge(
@@ -58,9 +61,10 @@ def _predict(request: PredictRequest, engine: InferenceEngine, settings: Setting
     coverage = engine.resolve_coverage(request.coverage)  # unknown coverage: 422 before looking at the rows
     features = rows_to_matrix(request.instances, engine.card.io.n_features, engine.card.io.feature_names)
     batch = engine.predict(features, coverage)
+    ids = monitor.record(batch.class_index, batch.confidence, batch.probabilities, features)
     return JSONResponse(
         {
-            "predictions": render_predictions(engine, batch, request.top_k, request.include_logits),
+            "predictions": render_predictions(engine, batch, ids, request.top_k, request.include_logits),
             "model": model_summary(engine, coverage),
         }
     )

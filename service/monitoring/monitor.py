@@ -1,0 +1,151 @@
+"""Live monitoring for one served model: log predictions, take feedback, judge the live window.
+
+Glue between the prediction log (SQLite), the live evaluation (pure numpy) and the Prometheus
+metrics, so the HTTP layer calls three methods and knows nothing of windows or thresholds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.calibration.card import CalibrationCard
+from service.monitoring import prometheus as metrics
+from service.monitoring.health import Reason, Thresholds, card_reasons, worst
+from service.monitoring.ids import new_ids
+from service.monitoring.live import LabelledWindow, LiveReport, LiveThresholds, UnlabelledWindow, evaluate_live
+from service.monitoring.log import FeedbackStatus, LogStats, PredictionLog, records_for_batch
+from service.settings import Settings
+
+LOG_FILE = "predictions.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    status: str
+    reasons: tuple[Reason, ...]
+    live: dict[str, object] | None
+    log: LogStats | None
+
+
+class Monitor:
+    def __init__(self, settings: Settings, card: CalibrationCard) -> None:
+        self.settings = settings
+        self.card = card
+        self.log = (
+            PredictionLog(
+                settings.data_dir / LOG_FILE,
+                queue_size=settings.log_queue_size,
+                on_full=settings.log_queue_full,
+                retention_days=settings.retention_days,
+                retention_rows=settings.retention_rows,
+            )
+            if settings.log_predictions
+            else None
+        )
+        self.card_thresholds = Thresholds(settings.ece_warning, settings.ece_critical)
+        self.live_thresholds = LiveThresholds(
+            min_labels=settings.min_labels,
+            min_predictions=settings.min_predictions,
+            ece_warning=settings.ece_warning,
+            ece_critical=settings.ece_critical,
+            accuracy_drop_warning=settings.accuracy_drop_warning,
+            accuracy_drop_critical=settings.accuracy_drop_critical,
+            psi_warning=settings.psi_warning,
+            psi_critical=settings.psi_critical,
+            ks_pvalue=settings.ks_pvalue,
+            class_shift_warning=settings.class_shift_warning,
+            class_shift_critical=settings.class_shift_critical,
+        )
+
+    def record(
+        self,
+        class_index: NDArray[np.intp],
+        confidence: NDArray[np.float64],
+        probabilities: NDArray[np.float64],
+        features: NDArray[np.float32],
+    ) -> list[str]:
+        """Ids for a batch of predictions, queued for the log (never blocks unless the queue is full)."""
+        ids = new_ids(len(class_index))
+        counts = np.bincount(class_index, minlength=self.card.n_classes)
+        for label, count in zip(self.card.classes, counts.tolist(), strict=True):
+            if count:
+                metrics.PREDICTIONS.labels(label=label).inc(count)
+        for value in confidence.tolist():
+            metrics.CONFIDENCE.observe(value)
+        if self.log is not None:
+            records = records_for_batch(
+                ids,
+                self.card.version,
+                class_index,
+                confidence,
+                probabilities,
+                features if self.settings.log_inputs else None,
+            )
+            accepted = self.log.submit(records)
+            if accepted < len(records):
+                metrics.DROPPED.inc(len(records) - accepted)
+            metrics.QUEUE_DEPTH.set(self.log.stats().queue_depth)
+        return ids
+
+    def feedback(self, items: Sequence[tuple[str, int]]) -> list[FeedbackStatus]:
+        if self.log is None:
+            return ["unknown_id"] * len(items)
+        statuses = self.log.record_feedback(items)
+        for status in statuses:
+            metrics.FEEDBACK.labels(status=status).inc()
+        return statuses
+
+    def live(self) -> LiveReport | None:
+        if self.log is None:
+            return None
+        since = time.time() - self.settings.window_hours * 3600 if self.settings.window_hours else None
+        k = self.card.n_classes
+        probs, labels = self.log.labelled_window(self.card.version, k, self.settings.window_labels, since)
+        recent = self.log.recent_predictions(self.card.version, k, self.settings.window_predictions, since)
+        report = evaluate_live(self.card, LabelledWindow(probs, labels), UnlabelledWindow(recent), self.live_thresholds)
+        for reason in report.reasons:
+            if reason.value is not None and reason.status != "insufficient_data":
+                gauge = {
+                    "live_ece": metrics.LIVE_ECE,
+                    "confidence_psi": metrics.LIVE_PSI,
+                }.get(reason.code)
+                if gauge is not None:
+                    gauge.set(reason.value)
+        unlabelled = report.summary.get("unlabelled")
+        if isinstance(unlabelled, dict) and isinstance(unlabelled.get("estimated_accuracy"), float):
+            metrics.ESTIMATED_ACCURACY.set(unlabelled["estimated_accuracy"])
+        return report
+
+    def health(self) -> HealthReport:
+        reasons = card_reasons(self.card, self.card_thresholds)
+        report = self.live()
+        if report is None:
+            reasons.append(
+                Reason("live_monitoring_off", "ok", "prediction logging is off: the status reflects the card only")
+            )
+        else:
+            reasons.extend(report.reasons)
+        stats = self.log.stats() if self.log is not None else None
+        if stats is not None and stats.dropped:
+            reasons.append(
+                Reason(
+                    "log_dropped_rows",
+                    "warning",
+                    f"{stats.dropped} prediction(s) were not logged (queue full or write errors): the live window "
+                    "misses them",
+                    float(stats.dropped),
+                    0.0,
+                )
+            )
+        return HealthReport(
+            worst([r.status for r in reasons]), tuple(reasons), report.summary if report else None, stats
+        )
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
