@@ -1,0 +1,369 @@
+"""Live evaluation on replays of the bundled digits model: clean, noisy, mislabelled, shifted and tiny windows.
+
+The windows are real outputs of ``models/digits/model.onnx`` (onnxruntime) on scikit-learn's digits, and the
+card is the bundled ``card.json``, so these tests check the thresholds against what the model really does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from service.calibration.card import CalibrationCard
+from service.calibration.metrics import ece
+from service.monitoring.live import (
+    LabelledWindow,
+    LiveReport,
+    LiveThresholds,
+    UnlabelledWindow,
+    evaluate_live,
+)
+from tests.conftest import DEFAULT_MODEL_DIR
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("sklearn")
+
+pytestmark = pytest.mark.unit
+
+LABEL_CODES = ["live_ece", "live_accuracy_drop"]
+DRIFT_CODES = ["confidence_psi", "confidence_ks", "estimated_accuracy_drop", "class_shift"]
+Probs = NDArray[np.float64]
+Labels = NDArray[np.int64]
+
+
+class Replay:
+    """The digits data, its card split and a function from raw features to the model's probabilities."""
+
+    def __init__(self) -> None:
+        from service.training.data import load_dataset, stratified_split
+
+        self.card = CalibrationCard.from_json((DEFAULT_MODEL_DIR / "card.json").read_text())
+        self.data = load_dataset("digits")
+        self.split = stratified_split(self.data, 0.2, 0.2, seed=self.card.dataset.split_seed)
+        self.session = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def probs(self, features: NDArray[np.float64]) -> Probs:
+        out = self.session.run(["probabilities"], {"features": features.astype(np.float32)})[0]
+        return np.asarray(out, dtype=np.float64)
+
+    def test_split(self) -> tuple[Probs, Labels]:
+        rows = self.split.test
+        return self.probs(self.data.features[rows]), self.data.labels[rows]
+
+
+@pytest.fixture(scope="module")
+def replay() -> Replay:
+    return Replay()
+
+
+@pytest.fixture(scope="module")
+def clean(replay: Replay) -> tuple[Probs, Labels]:
+    return replay.test_split()
+
+
+@pytest.fixture(scope="module")
+def noisy(replay: Replay) -> tuple[Probs, Labels]:
+    """Test split with Gaussian pixel noise (sd 4 on a 0..16 scale), clipped back to the pixel range."""
+    rows = replay.split.test
+    rng = np.random.default_rng(0)
+    features = np.clip(replay.data.features[rows] + rng.normal(0.0, 4.0, (rows.size, 64)), 0.0, 16.0)
+    return replay.probs(features), replay.data.labels[rows]
+
+
+def evaluate(card: CalibrationCard, probs: Probs, labels: Labels, **thresholds: float) -> LiveReport:
+    return evaluate_live(card, LabelledWindow(probs, labels), UnlabelledWindow(probs), LiveThresholds(**thresholds))  # type: ignore[arg-type]
+
+
+def by_code(report: LiveReport) -> dict[str, object]:
+    codes = [r.code for r in report.reasons]
+    assert len(codes) == len(set(codes)), f"a check yielded more than one reason: {codes}"
+    return {r.code: r for r in report.reasons}
+
+
+def status(report: LiveReport, code: str) -> str:
+    return next(r.status for r in report.reasons if r.code == code)
+
+
+def assert_json_ready(summary: dict[str, object]) -> None:
+    text = json.dumps(summary, allow_nan=False)  # raises on NaN / inf and on numpy scalars
+    assert json.loads(text) == summary
+
+
+# ------------------------------------------------------------------------------------------------ replays
+
+
+def test_clean_test_split_is_ok_on_every_check(replay: Replay, clean: tuple[Probs, Labels]) -> None:
+    report = evaluate(replay.card, *clean)
+    assert list(by_code(report)) == LABEL_CODES + DRIFT_CODES
+    assert {r.code: r.status for r in report.reasons} == dict.fromkeys(LABEL_CODES + DRIFT_CODES, "ok")
+    labelled = report.summary["labelled"]
+    assert isinstance(labelled, dict)
+    # The card was computed on these very predictions.
+    assert labelled["ece"]["value"] == pytest.approx(replay.card.test.after_temperature.ece.value, abs=1e-6)
+    assert labelled["accuracy"] == replay.card.test.after_temperature.accuracy.value
+
+
+def test_clean_calibration_split_is_ok_on_every_check(replay: Replay) -> None:
+    # Data the card's reference never saw (its temperature was fitted on it, its drift reference was not).
+    rows = replay.split.calibration
+    report = evaluate(replay.card, replay.probs(replay.data.features[rows]), replay.data.labels[rows])
+    assert {r.code: r.status for r in report.reasons} == dict.fromkeys(LABEL_CODES + DRIFT_CODES, "ok")
+
+
+def test_noisy_inputs_raise_label_and_drift_alarms(replay: Replay, noisy: tuple[Probs, Labels]) -> None:
+    report = evaluate(replay.card, *noisy)
+    statuses = {r.code: r.status for r in report.reasons}
+    assert statuses["live_ece"] == "critical"
+    assert statuses["live_accuracy_drop"] == "critical"
+    assert statuses["confidence_psi"] in ("warning", "critical")
+    assert statuses["confidence_ks"] == "warning"
+    # Mean confidence falls too, far less than accuracy: the estimate is only valid while calibrated.
+    unlabelled = report.summary["unlabelled"]
+    labelled = report.summary["labelled"]
+    assert isinstance(unlabelled, dict) and isinstance(labelled, dict)
+    assert unlabelled["estimated_accuracy"] < replay.card.test.after_temperature.accuracy.value - 0.05
+    assert labelled["accuracy"] < unlabelled["estimated_accuracy"] - 0.3
+    assert labelled["overconfidence"] > 0.3
+
+
+def test_swapped_labels_are_caught_by_label_checks_only(replay: Replay, clean: tuple[Probs, Labels]) -> None:
+    probs, labels = clean
+    rng = np.random.default_rng(1)
+    wrong = labels.copy()
+    rows = rng.choice(labels.size, size=int(0.3 * labels.size), replace=False)
+    wrong[rows] = (wrong[rows] + rng.integers(1, 10, rows.size)) % 10  # a different class for 30% of rows
+    report = evaluate(replay.card, probs, wrong)
+    statuses = {r.code: r.status for r in report.reasons}
+    assert statuses["live_accuracy_drop"] == "critical"
+    assert statuses["live_ece"] == "critical"
+    # The predictions themselves did not change: no label-free check can see this.
+    assert all(statuses[code] == "ok" for code in DRIFT_CODES)
+    reason = next(r for r in report.reasons if r.code == "live_accuracy_drop")
+    live_accuracy = float(np.mean(probs.argmax(axis=1) == wrong))
+    assert reason.value == pytest.approx(replay.card.test.after_temperature.accuracy.value - live_accuracy)
+    assert reason.threshold == LiveThresholds().accuracy_drop_critical
+
+
+def test_class_shift_to_two_digits_is_critical(replay: Replay) -> None:
+    rows = np.flatnonzero(np.isin(replay.data.labels, [0, 1]))
+    probs = replay.probs(replay.data.features[rows])
+    report = evaluate(replay.card, probs, replay.data.labels[rows])
+    shift = next(r for r in report.reasons if r.code == "class_shift")
+    assert shift.status == "critical"
+    assert shift.value == pytest.approx(0.8, abs=0.01)  # 2 of 10 balanced classes hold everything
+    assert shift.threshold == LiveThresholds().class_shift_critical
+    # Labels are still right: the model is as good as ever on these digits.
+    assert status(report, "live_accuracy_drop") == "ok"
+
+
+# ------------------------------------------------------------------------------------------------ small windows
+
+
+def test_ten_labels_are_insufficient_not_an_alarm(replay: Replay, noisy: tuple[Probs, Labels]) -> None:
+    probs, labels = noisy  # badly miscalibrated: enough labels would be critical
+    report = evaluate_live(
+        replay.card, LabelledWindow(probs[:10], labels[:10]), UnlabelledWindow(probs[:20]), LiveThresholds()
+    )
+    reasons = by_code(report)
+    assert list(reasons) == ["labels_insufficient", "predictions_insufficient"]
+    assert all(r.status == "insufficient_data" for r in report.reasons)
+    first = report.reasons[0]
+    assert (first.value, first.threshold) == (10.0, 50.0)
+    assert (report.reasons[1].value, report.reasons[1].threshold) == (20.0, 100.0)
+    assert report.summary == {
+        "labelled": {"n": 10, "insufficient": True},
+        "unlabelled": {"n": 20, "insufficient": True},
+    }
+
+
+def test_window_sizes_at_the_minimum_are_evaluated(replay: Replay, clean: tuple[Probs, Labels]) -> None:
+    probs, labels = clean
+    thresholds = LiveThresholds(min_labels=50, min_predictions=100)
+    report = evaluate_live(
+        replay.card, LabelledWindow(probs[:50], labels[:50]), UnlabelledWindow(probs[:100]), thresholds
+    )
+    assert [r.code for r in report.reasons] == LABEL_CODES + DRIFT_CODES
+    report = evaluate_live(
+        replay.card, LabelledWindow(probs[:49], labels[:49]), UnlabelledWindow(probs[:99]), thresholds
+    )
+    assert [r.code for r in report.reasons] == ["labels_insufficient", "predictions_insufficient"]
+
+
+def test_empty_windows_from_a_fresh_log(replay: Replay) -> None:
+    k = replay.card.n_classes
+    report = evaluate_live(
+        replay.card,
+        LabelledWindow(np.empty((0, k)), np.empty(0, dtype=np.int64)),
+        UnlabelledWindow(np.empty((0, k))),
+        LiveThresholds(),
+    )
+    assert [r.status for r in report.reasons] == ["insufficient_data", "insufficient_data"]
+    assert_json_ready(report.summary)
+
+
+def test_labelled_only_with_enough_predictions(replay: Replay, clean: tuple[Probs, Labels]) -> None:
+    probs, labels = clean
+    report = evaluate_live(
+        replay.card, LabelledWindow(probs[:5], labels[:5]), UnlabelledWindow(probs), LiveThresholds()
+    )
+    assert [r.code for r in report.reasons] == ["labels_insufficient", *DRIFT_CODES]
+
+
+# ------------------------------------------------------------------------------------------------ sampling noise
+
+
+def test_small_clean_windows_do_not_raise_drift_alarms(replay: Replay) -> None:
+    """At the minimum window (100 predictions) most clean windows exceed PSI 0.1 and TV 0.1 by chance alone."""
+    pool = np.concatenate([replay.split.test, replay.split.calibration])
+    probs = replay.probs(replay.data.features[pool])
+    rng = np.random.default_rng(2)
+    k = replay.card.n_classes
+    no_labels = LabelledWindow(np.empty((0, k)), np.empty(0, dtype=np.int64))
+    above_threshold = 0
+    for seed in range(30):
+        window = UnlabelledWindow(probs[rng.choice(pool.size, size=100, replace=False)])
+        report = evaluate_live(replay.card, no_labels, window, LiveThresholds(), seed=seed)
+        reasons = {r.code: r for r in report.reasons}
+        psi, shift = reasons["confidence_psi"], reasons["class_shift"]
+        above_threshold += (psi.value or 0.0) > 0.1 or (shift.value or 0.0) > 0.1
+        assert psi.status == "ok", psi.message
+        assert shift.status == "ok", shift.message
+        assert reasons["confidence_ks"].status == "ok"
+        assert reasons["estimated_accuracy_drop"].status == "ok"
+    # The gate is what keeps them quiet: most windows are above the fixed thresholds.
+    assert above_threshold >= 15
+
+
+def test_a_value_above_threshold_but_within_noise_says_so(replay: Replay) -> None:
+    pool = np.concatenate([replay.split.test, replay.split.calibration])
+    probs = replay.probs(replay.data.features[pool])
+    rng = np.random.default_rng(3)
+    k = replay.card.n_classes
+    for _ in range(50):
+        window = UnlabelledWindow(probs[rng.choice(pool.size, size=100, replace=False)])
+        report = evaluate_live(
+            replay.card, LabelledWindow(np.empty((0, k)), np.empty(0, dtype=np.int64)), window, LiveThresholds()
+        )
+        psi = next(r for r in report.reasons if r.code == "confidence_psi")
+        if psi.value is not None and psi.value > 0.1:
+            assert psi.status == "ok"
+            assert "within sampling noise" in psi.message
+            assert psi.threshold == 0.1
+            return
+    pytest.fail("no clean window of 100 predictions had PSI above 0.1")
+
+
+# ------------------------------------------------------------------------------------------------ contents
+
+
+def test_summary_is_json_ready_and_consistent(
+    replay: Replay, clean: tuple[Probs, Labels], noisy: tuple[Probs, Labels]
+) -> None:
+    for probs, labels in (clean, noisy):
+        report = evaluate(replay.card, probs, labels)
+        assert_json_ready(report.summary)
+        labelled, unlabelled = report.summary["labelled"], report.summary["unlabelled"]
+        assert isinstance(labelled, dict) and isinstance(unlabelled, dict)
+        assert labelled["n"] == unlabelled["n"] == probs.shape[0]
+        assert labelled["ece"]["value"] == pytest.approx(ece(probs, labels))
+        assert labelled["ece"]["lower"] <= labelled["ece"]["upper"]
+        assert len(labelled["reliability"]) == 15
+        assert sum(b["count"] for b in labelled["reliability"]) == probs.shape[0]
+        ref = replay.card.test.after_temperature
+        assert labelled["reference"] == {
+            "accuracy": ref.accuracy.value,
+            "ece": ref.ece.value,
+            "nll": ref.nll.value,
+            "brier": ref.brier.value,
+            "mean_confidence": ref.mean_confidence,
+        }
+        assert unlabelled["estimated_accuracy"] == pytest.approx(float(probs.max(axis=1).mean()))
+        assert unlabelled["reference_accuracy"] == ref.accuracy.value
+        assert sum(unlabelled["confidence_histogram"]) == probs.shape[0]
+        assert unlabelled["reference_histogram"] == list(replay.card.reference.confidence_histogram)
+        assert math.isclose(sum(unlabelled["predicted_class_fraction"]), 1.0)
+        counts = np.asarray(replay.card.dataset.class_counts)
+        assert unlabelled["training_class_fraction"] == pytest.approx(counts / counts.sum())
+        assert set(unlabelled["ks"]) == {"statistic", "pvalue"}
+        # Every reason's value is the number in the summary.
+        reasons = {r.code: r for r in report.reasons}
+        assert reasons["confidence_psi"].value == unlabelled["psi"]
+        assert reasons["class_shift"].value == unlabelled["class_shift_tv"]
+        assert reasons["confidence_ks"].value == unlabelled["ks"]["statistic"]
+        assert reasons["live_ece"].value == labelled["ece"]["value"]
+
+
+def test_messages_carry_the_numbers(replay: Replay, noisy: tuple[Probs, Labels]) -> None:
+    report = evaluate(replay.card, *noisy)
+    reasons = {r.code: r for r in report.reasons}
+    ece_message = reasons["live_ece"].message
+    assert f"{reasons['live_ece'].value:.3f}" in ece_message
+    assert "last 360 labelled predictions" in ece_message
+    assert "critical threshold 0.1" in ece_message
+    assert f"card: {replay.card.test.after_temperature.ece.value:.3f}" in ece_message
+    assert "p = " in reasons["confidence_ks"].message
+    assert "only while the model stays calibrated" in reasons["estimated_accuracy_drop"].message
+
+
+def test_thresholds_are_the_ones_given(replay: Replay, clean: tuple[Probs, Labels]) -> None:
+    # The clean window's ECE (0.018) and PSI (0) against tightened thresholds.
+    report = evaluate(replay.card, *clean, ece_warning=0.005, ece_critical=0.015)
+    ece_reason = next(r for r in report.reasons if r.code == "live_ece")
+    assert (ece_reason.status, ece_reason.threshold) == ("critical", 0.015)
+    report = evaluate(replay.card, *clean, ece_warning=0.015, ece_critical=0.5)
+    assert status(report, "live_ece") == "warning"
+    report = evaluate(replay.card, *clean, min_labels=1000)
+    assert status(report, "labels_insufficient") == "insufficient_data"
+
+
+def test_ks_is_skipped_for_a_card_without_raw_confidences(replay: Replay, clean: tuple[Probs, Labels]) -> None:
+    card = replay.card.model_copy(update={"reference": replay.card.reference.model_copy(update={"confidences": None})})
+    report = evaluate(card, *clean)
+    assert [r.code for r in report.reasons] == [
+        *LABEL_CODES,
+        "confidence_psi",
+        "estimated_accuracy_drop",
+        "class_shift",
+    ]
+    unlabelled = report.summary["unlabelled"]
+    assert isinstance(unlabelled, dict) and unlabelled["ks"] is None
+    assert_json_ready(report.summary)
+
+
+def test_report_is_reproducible_for_a_seed(replay: Replay, noisy: tuple[Probs, Labels]) -> None:
+    first, second = evaluate(replay.card, *noisy), evaluate(replay.card, *noisy)
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p, y: (LabelledWindow(p[:, :9], y), UnlabelledWindow(p)), r"shape \[n, 10\]"),
+        (lambda p, y: (LabelledWindow(p, y[:-1]), UnlabelledWindow(p)), "labels must have shape"),
+        (lambda p, y: (LabelledWindow(p, y), UnlabelledWindow(p[:, :9])), r"shape \[n, 10\]"),
+        (lambda p, y: (LabelledWindow(p * 0.5, y), UnlabelledWindow(p)), "sum to 1"),
+        (lambda p, y: (LabelledWindow(p, y + 10), UnlabelledWindow(p)), r"labels must be in \[0, 10\)"),
+    ],
+)
+def test_malformed_windows_are_rejected(
+    replay: Replay,
+    clean: tuple[Probs, Labels],
+    make: Callable[[Probs, Labels], tuple[LabelledWindow, UnlabelledWindow]],
+    match: str,
+) -> None:
+    labelled, unlabelled = make(*clean)
+    with pytest.raises(ValueError, match=match):
+        evaluate_live(replay.card, labelled, unlabelled, LiveThresholds())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("min_labels", 0), ("min_predictions", -1), ("ks_pvalue", 1.0), ("noise_level", 0.0)]
+)
+def test_thresholds_reject_nonsense(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        LiveThresholds(**{field: value})  # type: ignore[arg-type]
