@@ -142,8 +142,8 @@ def _sample(values: ArrayLike, name: str) -> NDArray[np.float64]:
 def kolmogorov_sf(lam: float) -> float:
     """Survival function of the Kolmogorov distribution, ``Q_KS(lam) = P(K > lam)``.
 
-    ``Q_KS(lam) = 2 sum_{k>=1} (-1)^(k-1) exp(-2 k^2 lam^2)`` (Kolmogorov 1933; Numerical Recipes, 3rd ed.,
-    §6.14, ``probks``). For ``lam < 1.18`` that series converges slowly, so the equivalent theta-function form
+    ``Q_KS(lam) = 2 sum_{k>=1} (-1)^(k-1) exp(-2 k^2 lam^2)`` (Kolmogorov 1933; Press et al., Numerical Recipes in C,
+    2nd ed., §14.3, ``probks``). For ``lam < 1.18`` that series converges slowly, so the equivalent theta-function form
     ``1 - sqrt(2 pi) / lam * sum_{k>=1} exp(-(2k-1)^2 pi^2 / (8 lam^2))`` is used instead (Marsaglia, Tsang &
     Wang 2003, "Evaluating Kolmogorov's Distribution"). The result is clipped to [0, 1].
     """
@@ -174,11 +174,12 @@ def ks_two_sample(reference: ArrayLike, live: ArrayLike) -> KSResult:
     and across samples correctly (a tied value moves both CDFs at once). This is the same construction as
     ``scipy.stats.ks_2samp``, in O((n + m) log(n + m)).
 
-    The p-value is **asymptotic** (Numerical Recipes, 3rd ed., §14.3.3, ``kstwo``/``probks``):
+    The p-value is **asymptotic** (Press et al., Numerical Recipes in C, 2nd ed., §14.3, ``kstwo``):
     ``p = Q_KS(lam)`` with ``n_eff = n m / (n + m)`` and Stephens' (1970) small-sample correction
-    ``lam = (sqrt(n_eff) + 0.12 + 0.11 / sqrt(n_eff)) * D``. It is good to about 0.01 once ``n_eff`` is a few
-    dozen. It assumes continuous distributions: with many ties (e.g. confidences saturated at 1.0) the test
-    is conservative, i.e. p-values are too large, never too small.
+    ``lam = (sqrt(n_eff) + 0.12 + 0.11 / sqrt(n_eff)) * D``. Against SciPy's ``ks_2samp(method="asymp")`` (which
+    uses the one-sample distribution at ``round(n_eff)``) it agrees within 0.02 for samples of 50 or more. It
+    assumes continuous distributions: with many ties (e.g. confidences saturated at 1.0) the test is
+    conservative, i.e. p-values are too large, never too small.
     """
     ref = np.sort(_sample(reference, "reference"))
     liv = np.sort(_sample(live, "live"))

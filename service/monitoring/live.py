@@ -118,7 +118,7 @@ class LiveReport:
 
 def _grade(value: float, warning: float, critical: float) -> tuple[Status, float]:
     """Status of a "higher is worse" value and the threshold it was judged against."""
-    if value > warning:
+    if value > critical:
         return "critical", critical
     if value > warning:
         return "warning", warning

@@ -335,6 +335,21 @@ def test_ks_is_skipped_for_a_card_without_raw_confidences(replay: Replay, clean:
     assert_json_ready(report.summary)
 
 
+def test_ks_rounds_live_confidences_like_the_card(replay: Replay) -> None:
+    # A saturated model: half the confidences are float32's largest value below 1, which the card stores as
+    # 1.0 (6 decimals). Compared unrounded, the same predictions would look like a shift with D = 0.5.
+    rng = np.random.default_rng(4)
+    k = replay.card.n_classes
+    conf = np.concatenate([np.full(200, float(np.float32(0.99999994))), rng.uniform(0.5, 0.99, 200)])
+    probs = np.tile(((1.0 - conf) / (k - 1))[:, None], (1, k))
+    probs[np.arange(conf.size), np.arange(conf.size) % k] = conf
+    reference = replay.card.reference.model_copy(update={"confidences": tuple(round(float(v), 6) for v in conf)})
+    card = replay.card.model_copy(update={"reference": reference})
+    k_s = next(r for r in evaluate(card, probs, np.arange(conf.size) % k).reasons if r.code == "confidence_ks")
+    assert k_s.status == "ok"
+    assert k_s.value is not None and k_s.value < 0.01
+
+
 def test_report_is_reproducible_for_a_seed(replay: Replay, noisy: tuple[Probs, Labels]) -> None:
     first, second = evaluate(replay.card, *noisy), evaluate(replay.card, *noisy)
     assert first == second
