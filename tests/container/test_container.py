@@ -112,7 +112,7 @@ def container(image: str) -> Iterator[tuple[str, int, float]]:
 
 
 def test_container_serves_calibrated_predictions(container: tuple[str, int, float]) -> None:
-    _, port, ready_after = container
+    name, port, ready_after = container
     body = predict(port)
     assert [p["label"] for p in body["predictions"]] == ["0", "1"]
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-9 for p in body["predictions"])
@@ -120,6 +120,16 @@ def test_container_serves_calibrated_predictions(container: tuple[str, int, floa
     card = json.loads((REPO_ROOT / "models" / "digits" / "card.json").read_text())
     assert body["model"]["version"] == card["version"]
     print(f"container start to ready: {ready_after:.2f} s")
+    # The prediction log lands in the /data volume, written by the non-root user.
+    ids = [p["prediction_id"] for p in body["predictions"]]
+    count = (
+        "import sqlite3, sys; c = sqlite3.connect('/data/predictions.sqlite'); print(c.execute("
+        "'SELECT COUNT(*) FROM predictions WHERE id IN (?, ?)', sys.argv[1:]).fetchone()[0])"
+    )
+    deadline = time.monotonic() + 10
+    while run(ENGINE, "exec", name, "python", "-c", count, *ids, check=False).stdout.strip() != "2":
+        assert time.monotonic() < deadline, "predictions were not logged to /data/predictions.sqlite"
+        time.sleep(0.2)
 
 
 def test_image_healthcheck_command_reports_ready(container: tuple[str, int, float]) -> None:
