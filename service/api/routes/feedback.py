@@ -22,8 +22,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in 
 def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:
     if settings.api_key is None:
         return
-    expected = f"Bearer {settings.api_key.get_secret_value()}"
-    if not hmac.compare_digest(request.headers.get("authorization", ""), expected):
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    valid = scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), settings.api_key.get_secret_value().encode()
+    )  # the scheme is case-insensitive (RFC 7235); the key comparison takes constant time
+    if not valid:
         raise Unauthorized("feedback needs 'Authorization: Bearer <CALIBSERVE_API_KEY>'")
 
 
