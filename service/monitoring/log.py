@@ -113,6 +113,7 @@ class PredictionLog:
         wait_timeout: float = 5.0,
         batch_size: int = 500,
         flush_interval: float = 0.2,
+        linger: float = 0.05,
         retention_days: float | None = 30.0,
         retention_rows: int | None = 1_000_000,
         prune_interval: float = 60.0,
@@ -125,6 +126,7 @@ class PredictionLog:
         self._wait_timeout = wait_timeout
         self._batch_size = batch_size
         self._flush_interval = flush_interval
+        self._linger = linger
         self._retention_days = retention_days
         self._retention_rows = retention_rows
         self._prune_interval = prune_interval
@@ -192,8 +194,11 @@ class PredictionLog:
                     stopping = True
                 else:
                     batch.append(first)
+                # Linger briefly after the first row so that concurrent requests share one commit: one
+                # transaction per prediction would cost more than the whole prediction.
+                deadline = time.monotonic() + self._linger
                 while len(batch) < self._batch_size and not stopping:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                     if item is None:
                         stopping = True
                     else:

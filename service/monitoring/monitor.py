@@ -103,6 +103,7 @@ class Monitor:
     def live(self) -> LiveReport | None:
         if self.log is None:
             return None
+        self.log.flush(timeout=2.0)  # the window includes what this process has acknowledged so far
         since = time.time() - self.settings.window_hours * 3600 if self.settings.window_hours else None
         k = self.card.n_classes
         probs, labels = self.log.labelled_window(self.card.version, k, self.settings.window_labels, since)
