@@ -75,8 +75,10 @@ def calibration(
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(monitor: Monitor = Depends(get_monitor)) -> Response:
-    """Prometheus metrics (all workers). Refreshes the live-window gauges first."""
-    monitor.live()
+def metrics(request: Request) -> Response:
+    """Prometheus metrics (all workers), also before the model is ready. Refreshes the live-window gauges."""
+    monitor: Monitor | None = request.app.state.monitor
+    if monitor is not None:
+        monitor.live()
     body, content_type = prometheus.render()
     return Response(body, media_type=content_type)
