@@ -201,3 +201,12 @@ def test_importing_the_app_loads_no_training_libraries() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_metrics_answer_before_the_model_is_ready() -> None:
+    with serve(lifespan=False) as client:
+        assert client.get("/health/ready").status_code == 503
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "calibserve_requests_total" in response.text
