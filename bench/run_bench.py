@@ -1,0 +1,892 @@
+"""calibserve against its peers under wrk: throughput, latency, errors and memory, in one command.
+
+    .venv/bin/python bench/run_bench.py [--quick] [--output bench/RESULTS.md]
+
+Servers (each a subprocess on a free loopback port, waited for, always stopped: SIGTERM to its process
+group, then SIGKILL):
+
+1. ``bare``: a bare ASGI callable under uvicorn returning a constant JSON (the ceiling);
+2. ``naive``: FastAPI, pydantic body ``{"instances": list[list[float]]}``, a plain ``def`` handler running
+   onnxruntime (1 intra-op thread) per request, answering label / confidence / probabilities per instance;
+3. ``litserve``: LitServe with dynamic batching (max_batch_size 32, batch_timeout 2 ms) on the same ONNX;
+4. ``calibserve``: ``calibserve serve`` as it is, prediction logging on, data dir in a temporary directory.
+
+Each runs with 1 and with 2 workers: ``uvicorn --workers N`` for 1 and 2, ``CALIBSERVE_WORKERS=N`` for 4,
+``workers_per_device=N`` plus ``num_api_servers=N`` for 3. Every server logs at level warning (no access
+log). Load: wrk (1 thread, keep-alive) POSTing ``{"instances": [load_digits().data[0]]}`` through
+bench/wrk/post_json.lua at each concurrency (a warm-up run first, discarded); server RSS is the sum of
+VmRSS over the server's process tree read from /proc near the end of each measured run. Also: 1000-instance
+requests at concurrency 4 for naive and calibserve, onnxruntime alone in this process (rows/s for batches
+of 1, 256 and 1000, best of several repeats), and the time from spawn to the first 200 of the ready path.
+Prints the tables and writes them to bench/RESULTS.md. Figures only, no assertions: the load generator
+shares this machine's cores with the server, so compare servers with each other, not with other machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+from sklearn.datasets import load_digits
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO_ROOT / "bench"
+PEERS_DIR = BENCH_DIR / "peers"
+LUA_SCRIPT = BENCH_DIR / "wrk" / "post_json.lua"
+DEFAULT_OUTPUT = BENCH_DIR / "RESULTS.md"
+MODEL_FILE = REPO_ROOT / "models" / "digits" / "model.onnx"
+VENV_BIN = Path(sys.executable).parent
+
+SERVERS = ("bare", "naive", "litserve", "calibserve")
+TITLES = {
+    "bare": "(1) bare ASGI",
+    "naive": "(2) naive FastAPI",
+    "litserve": "(3) LitServe",
+    "calibserve": "(4) calibserve",
+}
+BULK_SERVERS = ("naive", "calibserve")
+BULK_ROWS = 1000
+BULK_CONCURRENCY = 4
+WORKER_COUNTS = (1, 2)
+LITSERVE_MAX_BATCH = 32
+LITSERVE_BATCH_TIMEOUT_S = 0.002
+WRK_THREADS = 1
+WRK_TIMEOUT = "10s"
+ORT_BATCHES = (1, 256, 1000)
+READY_TIMEOUT_S = 90.0
+PEER_STOP_GRACE_S = 3.0  # LitServe's API servers wait 30 s for answers its killed workers will never send
+CALIBSERVE_STOP_GRACE_S = 20.0  # its graceful stop (8 s at most) drains the prediction log: let it
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    concurrencies: tuple[int, ...]
+    duration_s: int
+    warmup_s: int
+    bulk_duration_s: int
+    ort_repeats: int
+    repeats_at: tuple[int, ...]  # concurrencies (and bulk, as BULK_CONCURRENCY) measured twice, best reported
+
+
+FULL = Profile("full", (1, 8, 32, 128), duration_s=6, warmup_s=2, bulk_duration_s=6, ort_repeats=7, repeats_at=(32, 4))
+QUICK = Profile("quick", (8, 32), duration_s=4, warmup_s=1, bulk_duration_s=4, ort_repeats=3, repeats_at=())
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    workers: int
+    argv: list[str]
+    env: dict[str, str]
+    ready_path: str
+    predict_path: str = "/v1/predict"
+    data_dir: Path | None = None
+    stop_grace_s: float = PEER_STOP_GRACE_S
+
+    def describe(self) -> str:
+        shown = {k: v for k, v in self.env.items() if k.startswith(("CALIBSERVE_", "BENCH_"))}
+        prefix = " ".join(f"{k}={v}" for k, v in sorted(shown.items()))
+        argv = [_relative(arg) for arg in self.argv]
+        return (prefix + " " if prefix else "") + shlex.join(argv)
+
+
+@dataclass
+class LoadResult:
+    server: str
+    workers: int
+    concurrency: int
+    instances_per_request: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    error_detail: str
+    rss_mib: float
+    processes: int
+    connections: list[int]  # established connections per server process holding any, sampled with the RSS
+    other_rps: list[float] = field(default_factory=list)  # the other measured runs when repeated
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.rps * self.instances_per_request
+
+
+@dataclass
+class StartResult:
+    server: str
+    workers: int
+    ready_s: float
+    command: str
+
+
+@dataclass
+class Report:
+    profile: Profile
+    command: str
+    loads: list[LoadResult] = field(default_factory=list)
+    bulk: list[LoadResult] = field(default_factory=list)
+    starts: list[StartResult] = field(default_factory=list)
+    ort_rows_per_s: dict[int, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    elapsed_s: float = 0.0
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _relative(arg: str) -> str:
+    with contextlib.suppress(ValueError):
+        return str(Path(arg).relative_to(REPO_ROOT))
+    return arg
+
+
+# ---------------------------------------------------------------------------------------------- bodies
+
+
+def digits_rows(n: int) -> list[list[int]]:
+    """The first ``n`` rows of scikit-learn's digits (pixel values 0..16, integral: sent as JSON integers)."""
+    data = load_digits().data
+    return [[int(v) for v in row] for row in data[:n]]
+
+
+def write_bodies(directory: Path) -> tuple[Path, Path]:
+    single = directory / "single.json"
+    bulk = directory / "bulk.json"
+    single.write_text(json.dumps({"instances": digits_rows(1)}))
+    bulk.write_text(json.dumps({"instances": digits_rows(BULK_ROWS)}))
+    return single, bulk
+
+
+# --------------------------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CALIBSERVE_", "PROMETHEUS_MULTIPROC"))}
+
+
+def server_spec(name: str, workers: int, port: int, tmp: Path) -> ServerSpec:
+    python = sys.executable
+    env = base_env()
+    if name in ("bare", "naive"):
+        module = {"bare": "bare_asgi:app", "naive": "naive_fastapi:app"}[name]
+        argv = [python, "-m", "uvicorn", "--app-dir", str(PEERS_DIR), module, "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+        return ServerSpec(name, workers, argv, env, "/health/ready")
+    if name == "litserve":
+        argv = [python, str(PEERS_DIR / "litserve_onnx.py"), "--port", str(port), "--workers", str(workers)]
+        argv += ["--max-batch-size", str(LITSERVE_MAX_BATCH), "--batch-timeout", str(LITSERVE_BATCH_TIMEOUT_S)]
+        return ServerSpec(name, workers, argv, env, "/health")
+    if name == "calibserve":
+        data_dir = tmp / f"calibserve-data-w{workers}"
+        env |= {
+            "CALIBSERVE_WORKERS": str(workers),
+            "CALIBSERVE_DATA_DIR": str(data_dir),
+            "CALIBSERVE_LOG_PREDICTIONS": "true",
+            "CALIBSERVE_LOG_LEVEL": "warning",
+            "CALIBSERVE_HOST": "127.0.0.1",
+        }
+        argv = [str(VENV_BIN / "calibserve"), "serve", "--port", str(port)]
+        return ServerSpec(
+            name, workers, argv, env, "/health/ready", data_dir=data_dir, stop_grace_s=CALIBSERVE_STOP_GRACE_S
+        )
+    raise ValueError(name)
+
+
+@dataclass
+class Running:
+    spec: ServerSpec
+    process: subprocess.Popen[bytes]
+    base_url: str
+    ready_s: float
+    log_path: Path
+    stop_s: float = 0.0
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, started: float, log_path: Path) -> float:
+    deadline = started + READY_TIMEOUT_S
+    while time.perf_counter() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"server exited with status {process.returncode} before ready:\n{_log_tail(log_path)}")
+        with contextlib.suppress(OSError):
+            status, _ = _http("GET", url, timeout=1.0)
+            if status == 200:
+                return time.perf_counter() - started
+        time.sleep(0.01)
+    raise BenchError(f"not ready after {READY_TIMEOUT_S:.0f} s: {url}\n{_log_tail(log_path)}")
+
+
+def _group_alive(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float) -> float:
+    """SIGTERM to the server's own process group (it was started in a new session), then SIGKILL to the group
+    and to any of the server's descendants that left it. Returns the seconds it took."""
+    started = time.monotonic()
+    pgid = process.pid
+    descendants = process_tree(pgid)[1:]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = started + grace_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None and not _group_alive(pgid):
+            break
+        time.sleep(0.05)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+    for pid in descendants:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, port: int, log_dir: Path) -> Iterator[Running]:
+    log_path = log_dir / f"{spec.name}-w{spec.workers}.log"
+    base_url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            spec.argv,
+            cwd=REPO_ROOT,
+            env=spec.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server: Running | None = None
+    try:
+        server = Running(
+            spec, process, base_url, wait_ready(process, base_url + spec.ready_path, started, log_path), log_path
+        )
+        yield server
+    finally:
+        stop_s = stop(process, spec.stop_grace_s)
+        if server is not None:
+            server.stop_s = stop_s
+
+
+def check_answer(server: Running, body: Path, rows: int) -> None:
+    """One request before the load: 200, and for model servers the right label and shape."""
+    status, payload = _http("POST", server.base_url + server.spec.predict_path, body.read_bytes(), timeout=30)
+    if status != 200:
+        raise BenchError(f"{server.spec.name}: POST answered {status}: {payload[:300]!r}")
+    if server.spec.name == "bare":
+        return
+    predictions = json.loads(payload)["predictions"]
+    first = predictions[0]
+    if len(predictions) != rows or first["label"] != "0" or len(first["probabilities"]) != 10:
+        raise BenchError(f"{server.spec.name}: unexpected answer: {payload[:300]!r}")
+
+
+# ------------------------------------------------------------------------------------------ /proc, RSS
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, frontier = [root], [root]
+    while frontier:
+        kids = children.get(frontier.pop(), [])
+        tree += kids
+        frontier += kids
+    return tree
+
+
+def tree_rss_mib(root: int) -> tuple[float, int]:
+    """Sum of VmRSS over ``root`` and its descendants (MiB), and how many processes that is."""
+    total_kib, count = 0, 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kib += int(line.split()[1])
+                    count += 1
+                    break
+    return total_kib / 1024, count
+
+
+def _established_inodes(port: int) -> set[int]:
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                parts = line.split()
+                if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED, server side
+                    inodes.add(int(parts[9]))
+    return inodes
+
+
+def connections_per_process(root: int, port: int) -> list[int]:
+    """How the established connections to ``port`` are spread over the server's processes (most first)."""
+    inodes = _established_inodes(port)
+    counts = []
+    for pid in process_tree(root):
+        count = 0
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    target = str(fd.readlink())
+                    if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+                        count += 1
+        if count:
+            counts.append(count)
+    return sorted(counts, reverse=True)
+
+
+# ------------------------------------------------------------------------------------------------- wrk
+
+
+def run_wrk(
+    url: str, body: Path, connections: int, duration_s: int, root_pid: int | None, port: int = 0
+) -> dict[str, Any]:
+    """One wrk run: the BENCH_JSON line of post_json.lua, plus ``rss_mib``, ``processes`` and ``split``
+    (connections per server process) sampled near its end."""
+    argv = ["wrk", "-t", str(min(WRK_THREADS, connections)), "-c", str(connections), "-d", f"{duration_s}s"]
+    argv += ["--timeout", WRK_TIMEOUT, "--latency", "-s", str(LUA_SCRIPT), url]
+    env = os.environ | {"BENCH_BODY_FILE": str(body)}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rss, processes, split = 0.0, 0, []
+    try:
+        if root_pid is not None:
+            time.sleep(max(0.0, duration_s - 0.4))
+            if process.poll() is None:
+                rss, processes = tree_rss_mib(root_pid)
+                split = connections_per_process(root_pid, port)
+        out, err = process.communicate(timeout=duration_s + 60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if process.returncode != 0:
+        raise BenchError(f"wrk exited with {process.returncode}: {err.strip()}")
+    for line in out.splitlines():
+        if line.startswith("BENCH_JSON "):
+            result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+            result |= {"rss_mib": rss, "processes": processes, "split": split}
+            return result
+    raise BenchError(f"no BENCH_JSON line in wrk's output:\n{out}\n{err}")
+
+
+def load(
+    server: Running, body: Path, rows: int, connections: int, duration_s: int, warmup_s: int, repeats: int = 1
+) -> tuple[LoadResult, int]:
+    """Warm-up run (discarded), then ``repeats`` measured runs, the best (req/s) reported with the others' req/s.
+
+    Also returns the 2xx responses of all runs. Errors are summed over the measured runs."""
+    url = server.base_url + server.spec.predict_path
+    port = int(server.base_url.rsplit(":", 1)[1])
+    served = 0
+    if warmup_s:
+        warm = run_wrk(url, body, connections, warmup_s, None)
+        served += warm["requests"] - warm["status"]
+    runs = []
+    for _ in range(repeats):
+        raw = run_wrk(url, body, connections, duration_s, server.process.pid, port)
+        served += raw["requests"] - raw["status"]
+        runs.append(raw)
+    keys = ("status", "connect", "read", "write", "timeout")
+    totals = {k: sum(run[k] for run in runs) for k in keys}
+    best = max(runs, key=lambda run: run["requests"] / run["duration_us"])
+    result = LoadResult(
+        server=server.spec.name,
+        workers=server.spec.workers,
+        concurrency=connections,
+        instances_per_request=rows,
+        requests=best["requests"],
+        seconds=best["duration_us"] / 1e6,
+        p50_ms=best["p50_us"] / 1000,
+        p99_ms=best["p99_us"] / 1000,
+        errors=sum(totals.values()),
+        error_detail=", ".join(f"{k} {v}" for k, v in totals.items() if v),
+        rss_mib=best["rss_mib"],
+        processes=best["processes"],
+        connections=best["split"],
+        other_rps=[run["requests"] / run["duration_us"] * 1e6 for run in runs if run is not best],
+    )
+    return result, served
+
+
+# ----------------------------------------------------------------------------------------- onnxruntime
+
+
+def bench_onnxruntime(repeats: int) -> dict[int, float]:
+    """Rows/s of the bare session (1 intra-op thread, both outputs, as calibserve's engine runs it)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(MODEL_FILE), options, providers=["CPUExecutionProvider"])
+    rows = np.asarray(digits_rows(max(ORT_BATCHES)), dtype=np.float32)
+    results: dict[int, float] = {}
+    for batch in ORT_BATCHES:
+        features: NDArray[np.float32] = np.ascontiguousarray(rows[:batch])
+        feeds = {"features": features}
+        for _ in range(20):
+            session.run(["logits", "probabilities"], feeds)
+        started = time.perf_counter()
+        session.run(["logits", "probabilities"], feeds)
+        iterations = max(3, int(0.25 / max(time.perf_counter() - started, 1e-6)))
+        best = 0.0
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(iterations):
+                session.run(["logits", "probabilities"], feeds)
+            best = max(best, batch * iterations / (time.perf_counter() - started))
+        results[batch] = best
+    return results
+
+
+# --------------------------------------------------------------------------------------------- machine
+
+
+def _first_line(path: str, prefix: str) -> str:
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(prefix):
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def _mem_total() -> str:
+    kib = _first_line("/proc/meminfo", "MemTotal").split()[0]
+    return f"{int(kib) / 1024**2:.1f} GiB" if kib.isdigit() else "?"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_facts() -> list[tuple[str, str]]:
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    wrk_lines = (wrk_version.stdout + wrk_version.stderr).splitlines()
+    wrk_line = wrk_lines[0] if wrk_lines else "?"
+    packages = ["calibserve", "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "pydantic-core"]
+    packages += ["onnxruntime", "numpy", "scikit-learn", "litserve", "pyzmq"]
+    loop = "uvloop" if _version("uvloop") != "not installed" else "asyncio"
+    http = "httptools" if _version("httptools") != "not installed" else "h11"
+    load1, load5, _ = os.getloadavg()
+    return [
+        ("CPU", _first_line("/proc/cpuinfo", "model name")),
+        ("cores", f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable by this process"),
+        ("memory", _mem_total()),
+        ("load average at start", f"{load1:.2f} (1 min), {load5:.2f} (5 min)"),
+        ("OS", f"{platform.system()} {platform.release()}"),
+        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("packages", ", ".join(f"{p} {_version(p)}" for p in packages)),
+        ("uvicorn loop / http (auto)", f"{loop} / {http} (servers 1, 2 and 4 all run under uvicorn's defaults)"),
+        ("wrk", wrk_line.split(" Copyright")[0]),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- tables
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "n/a"
+    return f"{a / b:.2f}x" if a / b >= 0.1 else f"{a / b:.3f}x"
+
+
+def _rps(result: LoadResult | None) -> float | None:
+    return result.rps if result else None
+
+
+def _ips(result: LoadResult | None) -> float | None:
+    return result.instances_per_s if result else None
+
+
+def _find(results: list[LoadResult], server: str, workers: int, concurrency: int) -> LoadResult | None:
+    for result in results:
+        if (result.server, result.workers, result.concurrency) == (server, workers, concurrency):
+            return result
+    return None
+
+
+def _load_row(result: LoadResult, bulk: bool = False) -> list[str]:
+    errors = str(result.errors) + (f" ({result.error_detail})" if result.error_detail else "")
+    fmt = "{:,.1f}" if bulk else "{:,.0f}"
+    others = ", ".join(fmt.format(v) for v in result.other_rps)
+    cells = [
+        TITLES[result.server],
+        str(result.concurrency),
+        fmt.format(result.rps) + (f" ({others})" if others else ""),
+    ]
+    if bulk:
+        others = ", ".join(f"{v * result.instances_per_request:,.0f}" for v in result.other_rps)
+        cells.append(f"{result.instances_per_s:,.0f}" + (f" ({others})" if others else ""))
+    split = "+".join(map(str, result.connections)) or "?"
+    cells += [
+        f"{result.p50_ms:.2f}",
+        f"{result.p99_ms:.2f}",
+        errors,
+        f"{result.rss_mib:.0f} ({result.processes})",
+        split,
+    ]
+    return cells
+
+
+def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
+    profile = report.profile
+    out = ["# Benchmark: calibserve against its peers", ""]
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(report.started_at))
+    out += [
+        f"Generated by `bench/run_bench.py` ({profile.name} profile) on {when}; total runtime "
+        f"{report.elapsed_s:.0f} s.",
+        "",
+    ]
+    out += ["```", report.command, "```", ""]
+    out += ["## Machine", ""]
+    out += [f"- **{name}**: {value}" for name, value in facts]
+    out += ["", "## Method", ""]
+    out += [
+        f"- Load generator: wrk, {WRK_THREADS} thread, keep-alive connections = concurrency, `--latency`, "
+        f"`--timeout {WRK_TIMEOUT}`, POST with a JSON body via `bench/wrk/post_json.lua`; "
+        f"{profile.warmup_s} s warm-up run (discarded), then {profile.duration_s} s measured, per concurrency"
+        + (
+            f"; at concurrency {', '.join(str(c) for c in profile.repeats_at if c in profile.concurrencies)} and for "
+            "bulk two measured runs: the table shows the better one, the other's req/s in brackets, errors summed."
+            if profile.repeats_at
+            else "."
+        ),
+        "- conns/process: established connections to the server port per server process, read from /proc at the "
+        "RSS sample. uvicorn's workers (and LitServe's API servers) share one listening socket and keep-alive "
+        "connections stay where they were accepted, so with 2 workers the split can be lopsided (e.g. 4+0 for "
+        "bulk: one worker idle); it is what the kernel and the event loops did, not something the harness sets.",
+        '- Single-instance body: `{"instances": [load_digits().data[0]]}` (64 integers, a "0"); every server is '
+        "checked once with it before the load (200, label 0, 10 class probabilities).",
+        f"- Bulk body: the first {BULK_ROWS} digits rows in one request, concurrency {BULK_CONCURRENCY}, "
+        f"{profile.bulk_duration_s} s measured after a {profile.warmup_s} s warm-up; "
+        f"instances/s = req/s x {BULK_ROWS}.",
+        "- Errors: wrk's non-2xx count (it counts statuses >= 400) plus socket errors (connect, read, write, timeout).",
+        "- RSS: sum of VmRSS over the server's process tree (/proc), sampled ~0.4 s before the end of each measured "
+        "run, MiB (number of processes in brackets). Forked/spawned workers each count in full (RSS, not PSS).",
+        "- Workers: (1) and (2) `uvicorn --workers N`; (3) LitServe `workers_per_device=N` inference workers on one "
+        f"CPU device plus `num_api_servers=N` HTTP server processes, `max_batch_size={LITSERVE_MAX_BATCH}`, "
+        f"`batch_timeout={LITSERVE_BATCH_TIMEOUT_S}` s, default queues (fast_queue off); (4) `CALIBSERVE_WORKERS=N`. "
+        "All model servers run onnxruntime with 1 intra-op thread. All log at level warning (no access log).",
+        "- calibserve: `CALIBSERVE_LOG_PREDICTIONS=true`, `CALIBSERVE_DATA_DIR` in a fresh temporary directory per "
+        "worker count, everything else default.",
+        "- Start to ready: from spawning the process until the first 200 from its ready path "
+        "(`/health/ready`; LitServe: `/health`), polled every 10 ms.",
+        "- The machine is shared and noisy and wrk shares its cores with the server: differences under ~10% are "
+        "within run-to-run noise.",
+    ]
+    if report.skipped:
+        out += [f"- Skipped: {TITLES[name]}: {why}" for name, why in report.skipped.items()]
+    header = ["server", "conc", "req/s", "p50 ms", "p99 ms", "errors", "RSS MiB (procs)", "conns/process"]
+    for workers in WORKER_COUNTS:
+        out += ["", f"## Single-instance requests, {workers} worker{'s' if workers > 1 else ''}", ""]
+        for concurrency in profile.concurrencies:
+            rows = [
+                _load_row(r) for name in SERVERS if (r := _find(report.loads, name, workers, concurrency)) is not None
+            ]
+            out += [f"### concurrency {concurrency}", "", *_table(header, rows), ""]
+    out += [f"## Bulk: {BULK_ROWS}-instance requests, concurrency {BULK_CONCURRENCY}", ""]
+    bulk_header = ["server", "workers", "req/s", "instances/s", "p50 ms", "p99 ms", "errors", "RSS MiB (procs)"]
+    bulk_header.append("conns/process")
+    bulk_rows = []
+    for result in report.bulk:
+        row = _load_row(result, bulk=True)
+        bulk_rows.append([row[0], str(result.workers), *row[2:]])
+    out += [*_table(bulk_header, bulk_rows), ""]
+    out += ["## onnxruntime alone, in-process (1 intra-op thread, best of repeats)", ""]
+    out += _table(["batch rows", "rows/s"], [[str(b), f"{v:,.0f}"] for b, v in sorted(report.ort_rows_per_s.items())])
+    out += ["", "## Process start to ready", ""]
+    out += _table(
+        ["server", "workers", "seconds", "command"],
+        [[TITLES[s.server], str(s.workers), f"{s.ready_s:.2f}", f"`{s.command}`"] for s in report.starts],
+    )
+    out += ["", "## Ratios (calibserve / peer)", ""]
+    ratio_rows = []
+    for workers in WORKER_COUNTS:
+        cal = _find(report.loads, "calibserve", workers, 32)
+        for peer in ("naive", "litserve", "bare"):
+            other = _find(report.loads, peer, workers, 32)
+            ratio_rows.append([f"req/s at concurrency 32, {workers}w", TITLES[peer], _ratio(_rps(cal), _rps(other))])
+    for workers in WORKER_COUNTS:
+        cal_bulk = next((r for r in report.bulk if r.server == "calibserve" and r.workers == workers), None)
+        naive_bulk = next((r for r in report.bulk if r.server == "naive" and r.workers == workers), None)
+        ratio_rows.append(
+            [
+                f"bulk instances/s, {workers}w",
+                TITLES["naive"],
+                _ratio(_ips(cal_bulk), _ips(naive_bulk)),
+            ]
+        )
+    ort = report.ort_rows_per_s
+    for workers in WORKER_COUNTS:
+        cal = _find(report.loads, "calibserve", workers, 32)
+        ratio_rows.append(
+            [
+                f"single-instance req/s at concurrency 32, {workers}w",
+                "onnxruntime alone, batch 1 rows/s",
+                _ratio(_rps(cal), ort.get(1)),
+            ]
+        )
+        cal_bulk = next((r for r in report.bulk if r.server == "calibserve" and r.workers == workers), None)
+        ratio_rows.append(
+            [
+                f"bulk instances/s, {workers}w",
+                f"onnxruntime alone, batch {BULK_ROWS} rows/s",
+                _ratio(_ips(cal_bulk), ort.get(BULK_ROWS)),
+            ]
+        )
+    out += _table(["measure", "peer", "calibserve / peer"], ratio_rows)
+    out += ["", "## Memory under load (RSS of the process tree, MiB, min-max over the measured runs)", ""]
+    memory_rows = []
+    for name in SERVERS:
+        cells = [TITLES[name]]
+        for workers in WORKER_COUNTS:
+            rss = [r.rss_mib for r in report.loads + report.bulk if r.server == name and r.workers == workers]
+            cells.append(f"{min(rss):.0f}-{max(rss):.0f}" if rss else "n/a")
+        memory_rows.append(cells)
+    out += _table(["server", *[f"{w} worker{'s' if w > 1 else ''}" for w in WORKER_COUNTS]], memory_rows)
+    if report.notes:
+        out += ["", "## Notes", "", *[f"- {note}" for note in report.notes]]
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def calibserve_logged_rows(data_dir: Path | None) -> int | None:
+    path = data_dir / "predictions.sqlite" if data_dir else None
+    if path is None or not path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
+
+
+def bench_server(name: str, workers: int, report: Report, bodies: tuple[Path, Path], tmp: Path) -> None:
+    profile = report.profile
+    single, bulk = bodies
+    port = free_port()
+    spec = server_spec(name, workers, port, tmp)
+    print(f"\n== {TITLES[name]}, {workers} worker(s): {spec.describe()}", flush=True)
+    served_instances = 0
+    in_flight_bound = 0  # instances wrk may have left in flight (answered, not counted) when each run stopped
+    with running(spec, port, tmp) as server:
+        report.starts.append(StartResult(name, workers, server.ready_s, spec.describe()))
+        print(f"   ready after {server.ready_s:.2f} s", flush=True)
+        check_answer(server, single, 1)
+        served_instances += 1
+        for concurrency in profile.concurrencies:
+            repeats = 2 if concurrency in profile.repeats_at else 1
+            result, served = load(server, single, 1, concurrency, profile.duration_s, profile.warmup_s, repeats)
+            served_instances += served
+            in_flight_bound += concurrency * (repeats + (1 if profile.warmup_s else 0))
+            report.loads.append(result)
+            print(
+                f"   c={concurrency:<4} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                f"p99 {result.p99_ms:7.2f} ms  errors {result.errors:<5} RSS {result.rss_mib:6.0f} MiB "
+                f"({result.processes} procs)  conns {'+'.join(map(str, result.connections))}"
+                + (f"  other run {result.other_rps[0]:,.0f} req/s" if result.other_rps else ""),
+                flush=True,
+            )
+        if name in BULK_SERVERS:
+            check_answer(server, bulk, BULK_ROWS)
+            served_instances += BULK_ROWS
+            repeats = 2 if BULK_CONCURRENCY in profile.repeats_at else 1
+            result, served = load(
+                server, bulk, BULK_ROWS, BULK_CONCURRENCY, profile.bulk_duration_s, profile.warmup_s, repeats
+            )
+            served_instances += served * BULK_ROWS
+            in_flight_bound += BULK_CONCURRENCY * BULK_ROWS * (repeats + (1 if profile.warmup_s else 0))
+            report.bulk.append(result)
+            print(
+                f"   bulk c={BULK_CONCURRENCY} {result.rps:>7,.1f} req/s = {result.instances_per_s:>9,.0f} "
+                f"instances/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}  "
+                f"conns {'+'.join(map(str, result.connections))}"
+                + (f"  other run {result.other_rps[0] * BULK_ROWS:,.0f} instances/s" if result.other_rps else ""),
+                flush=True,
+            )
+    print(f"   stopped in {server.stop_s:.2f} s", flush=True)
+    if name == "calibserve":
+        logged = calibserve_logged_rows(spec.data_dir)
+        if logged is None:
+            verdict = "no prediction log found"
+        elif served_instances <= logged <= served_instances + in_flight_bound:
+            verdict = (
+                f"{logged:,} rows in its prediction log after a graceful stop (the {logged - served_instances:,} "
+                f"extra are requests in flight when wrk stopped, at most {in_flight_bound:,}): nothing dropped"
+            )
+        else:
+            verdict = f"but {logged:,} rows in its prediction log after a graceful stop: rows missing or extra"
+        report.notes.append(
+            f"calibserve {workers}w: {served_instances:,} predictions counted by wrk as 2xx; {verdict}."
+        )
+
+
+def litserve_available() -> str | None:
+    try:
+        import litserve  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError as exc:
+        return f"litserve is not importable ({exc}); install with `.venv/bin/pip install -e '.[bench]'`"
+    return None
+
+
+def print_summary(report: Report) -> None:
+    header = (
+        f"{'server':<20} {'w':>2} {'conc':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'RSS MiB':>8}"
+    )
+    print("\n" + header + "\n" + "-" * len(header))
+    for result in sorted(report.loads, key=lambda r: (r.workers, r.concurrency, SERVERS.index(r.server))):
+        print(
+            f"{TITLES[result.server]:<20} {result.workers:>2} {result.concurrency:>5} {result.rps:>10,.0f} "
+            f"{result.p50_ms:>8.2f} {result.p99_ms:>8.2f} {result.errors:>7} {result.rss_mib:>8.0f}"
+        )
+    for result in report.bulk:
+        print(
+            f"{TITLES[result.server] + ' bulk':<20} {result.workers:>2} {result.concurrency:>5} "
+            f"{result.instances_per_s:>10,.0f} inst/s  p50 {result.p50_ms:.1f} ms  p99 {result.p99_ms:.1f} ms"
+        )
+    for batch, rate in sorted(report.ort_rows_per_s.items()):
+        print(f"onnxruntime alone, batch {batch:<5} {rate:>12,.0f} rows/s")
+
+
+def _relative_to_cwd(path: str) -> str:
+    """``.venv/bin/python`` as typed (not the interpreter it links to), relative where under the cwd."""
+    absolute = Path.cwd() / path  # an absolute ``path`` replaces the cwd; no resolve(): keep the venv's link
+    with contextlib.suppress(ValueError):
+        return str(absolute.relative_to(Path.cwd()))
+    return str(absolute)
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="concurrency 8 and 32 only, shorter runs (~3 min)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown report (default: %(default)s)")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ", ".join(SERVERS))
+    args = parser.parse_args(argv)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = sorted(set(servers) - set(SERVERS))
+    if unknown:
+        parser.error(f"unknown servers: {', '.join(unknown)}")
+    if shutil.which("wrk") is None:
+        print("run_bench: wrk is not on PATH (apt-get install wrk)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    command = shlex.join([_relative_to_cwd(sys.executable), _relative_to_cwd(sys.argv[0]), *sys.argv[1:]])
+    report = Report(profile=QUICK if args.quick else FULL, command=command)
+    facts = machine_facts()
+    started = time.perf_counter()
+    if "litserve" in servers and (why := litserve_available()):
+        report.skipped["litserve"] = why
+        servers.remove("litserve")
+        print(f"skipping LitServe: {why}", file=sys.stderr)
+    print("onnxruntime alone ...", flush=True)
+    report.ort_rows_per_s = bench_onnxruntime(report.profile.ort_repeats)
+    for batch, rate in report.ort_rows_per_s.items():
+        print(f"   batch {batch:<5} {rate:>12,.0f} rows/s", flush=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="calibserve-bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            bodies = write_bodies(tmp)
+            for workers in WORKER_COUNTS:
+                for name in servers:
+                    try:
+                        bench_server(name, workers, report, bodies, tmp)
+                    except BenchError as exc:  # this server is stopped already; go on with the others
+                        print(f"   FAILED: {exc}", file=sys.stderr, flush=True)
+                        report.notes.append(f"{TITLES[name]}, {workers}w failed: {str(exc).splitlines()[0]}")
+    except KeyboardInterrupt:
+        print("\ninterrupted: servers stopped, partial results below", file=sys.stderr)
+        report.notes.append("The run was interrupted: partial results.")
+    report.elapsed_s = time.perf_counter() - started
+    print_summary(report)
+    args.output.write_text(render_markdown(report, facts))
+    print(f"\nwrote {os.path.relpath(args.output, Path.cwd())} in {report.elapsed_s:.0f} s total")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
