@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/run_bench.py [--quick] [--output bench/RESULTS.md]
 
-Servers (each a subprocess on a free loopback port, waited for, always stopped: SIGTERM to its process
-group, then SIGKILL):
+Servers (each a subprocess in its own session on a free loopback port, waited for, always stopped: SIGTERM
+to its main process, then SIGKILL to whatever is left of its process tree):
 
 1. ``bare``: a bare ASGI callable under uvicorn returning a constant JSON (the ceiling);
 2. ``naive``: FastAPI, pydantic body ``{"instances": list[list[float]]}``, a plain ``def`` handler running
@@ -77,7 +77,7 @@ WRK_THREADS = 1
 WRK_TIMEOUT = "10s"
 ORT_BATCHES = (1, 256, 1000)
 READY_TIMEOUT_S = 90.0
-PEER_STOP_GRACE_S = 3.0  # LitServe's API servers wait 30 s for answers its killed workers will never send
+PEER_STOP_GRACE_S = 5.0
 CALIBSERVE_STOP_GRACE_S = 20.0  # its graceful stop (8 s at most) drains the prediction log: let it
 
 
@@ -271,13 +271,14 @@ def wait_ready(process: subprocess.Popen[bytes], url: str, started: float, log_p
     raise BenchError(f"not ready after {READY_TIMEOUT_S:.0f} s: {url}\n{_log_tail(log_path)}")
 
 
-def _group_alive(pgid: int) -> bool:
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -287,26 +288,32 @@ def _alive(pid: int) -> bool:
 
 
 def stop(process: subprocess.Popen[bytes], grace_s: float) -> float:
-    """SIGTERM to the server's own process group (it was started in a new session), then SIGKILL to the group
-    and to any of the server's descendants that left it. Returns the seconds it took."""
+    """Stop a server as a process manager would, and leave nothing behind. Returns the seconds it took.
+
+    SIGTERM to the server's main process only (uvicorn's supervisor and LitServe's launcher stop their own
+    workers), up to ``grace_s`` for it to exit, then SIGKILL to whatever is left of its process group (it was
+    started in a new session) and to any of its descendants that left the group. Not SIGTERM to the whole
+    group: LitServe's API servers then wait 30 s for answers from workers that are already gone, and on this
+    machine that stalled every other process (fork included) for those 30 s.
+    """
     started = time.monotonic()
     pgid = process.pid
     descendants = process_tree(pgid)[1:]
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = started + grace_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None and not _group_alive(pgid):
-            break
+        process.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    deadline = time.monotonic() + 1.0  # its children may still be on their way out
+    while _group_exists(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    else:
+    if _group_exists(pgid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
     for pid in descendants:
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) != pgid and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     return time.monotonic() - started
 
@@ -560,16 +567,30 @@ def machine_facts() -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------- tables
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+def _table(header: list[str], rows: list[list[str]], left: tuple[int, ...] = (0,)) -> list[str]:
+    """Markdown table; the columns in ``left`` left-aligned, the others (numbers) right-aligned."""
+    rule = "|".join("---" if i in left else "---:" for i in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", "|" + rule + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
 
+def _fmt_ratio(r: float) -> str:
+    return f"{r:.2f}" if r >= 0.1 else f"{r:.3f}"
+
+
 def _ratio(a: float | None, b: float | None) -> str:
-    if not a or not b:
-        return "n/a"
-    return f"{a / b:.2f}x" if a / b >= 0.1 else f"{a / b:.3f}x"
+    return f"{_fmt_ratio(a / b)}x" if a and b else "n/a"
+
+
+def _ratio_range(a: LoadResult | None, b: LoadResult | None, per_instance: bool = False) -> str:
+    """min-max of the ratio over every pairing of the measured runs (where a point was measured twice)."""
+    if a is None or b is None or not (a.other_rps or b.other_rps):
+        return ""
+    scale_a = a.instances_per_request if per_instance else 1
+    scale_b = b.instances_per_request if per_instance else 1
+    ratios = [x * scale_a / (y * scale_b) for x in [a.rps, *a.other_rps] for y in [b.rps, *b.other_rps] if y]
+    return f"{_fmt_ratio(min(ratios))}-{_fmt_ratio(max(ratios))}x" if ratios else ""
 
 
 def _rps(result: LoadResult | None) -> float | None:
@@ -680,6 +701,7 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
     out += _table(
         ["server", "workers", "seconds", "command"],
         [[TITLES[s.server], str(s.workers), f"{s.ready_s:.2f}", f"`{s.command}`"] for s in report.starts],
+        left=(0, 3),
     )
     out += ["", "## Ratios (calibserve / peer)", ""]
     ratio_rows = []
@@ -687,7 +709,14 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
         cal = _find(report.loads, "calibserve", workers, 32)
         for peer in ("naive", "litserve", "bare"):
             other = _find(report.loads, peer, workers, 32)
-            ratio_rows.append([f"req/s at concurrency 32, {workers}w", TITLES[peer], _ratio(_rps(cal), _rps(other))])
+            ratio_rows.append(
+                [
+                    f"req/s at concurrency 32, {workers}w",
+                    TITLES[peer],
+                    _ratio(_rps(cal), _rps(other)),
+                    _ratio_range(cal, other),
+                ]
+            )
     for workers in WORKER_COUNTS:
         cal_bulk = next((r for r in report.bulk if r.server == "calibserve" and r.workers == workers), None)
         naive_bulk = next((r for r in report.bulk if r.server == "naive" and r.workers == workers), None)
@@ -696,6 +725,7 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
                 f"bulk instances/s, {workers}w",
                 TITLES["naive"],
                 _ratio(_ips(cal_bulk), _ips(naive_bulk)),
+                _ratio_range(cal_bulk, naive_bulk, per_instance=True),
             ]
         )
     ort = report.ort_rows_per_s
@@ -706,6 +736,7 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
                 f"single-instance req/s at concurrency 32, {workers}w",
                 "onnxruntime alone, batch 1 rows/s",
                 _ratio(_rps(cal), ort.get(1)),
+                "",
             ]
         )
         cal_bulk = next((r for r in report.bulk if r.server == "calibserve" and r.workers == workers), None)
@@ -714,9 +745,12 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
                 f"bulk instances/s, {workers}w",
                 f"onnxruntime alone, batch {BULK_ROWS} rows/s",
                 _ratio(_ips(cal_bulk), ort.get(BULK_ROWS)),
+                "",
             ]
         )
-    out += _table(["measure", "peer", "calibserve / peer"], ratio_rows)
+    out += _table(
+        ["measure", "peer", "calibserve / peer (best runs)", "over all run pairings"], ratio_rows, left=(0, 1)
+    )
     out += ["", "## Memory under load (RSS of the process tree, MiB, min-max over the measured runs)", ""]
     memory_rows = []
     for name in SERVERS:
