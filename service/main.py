@@ -17,11 +17,13 @@ from service import __version__
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyGuard
 from service.api.openapi import install_model_openapi
+from service.api.parsing import NPY_MEDIA_TYPE
 from service.api.routes import feedback, health, models, predict
 from service.inference.artifact import load_artifact
 from service.inference.engine import InferenceEngine
 from service.monitoring.monitor import Monitor
 from service.monitoring.requests import RequestMetrics
+from service.prediction import Predictor
 from service.settings import Settings
 
 logger = logging.getLogger("calibserve")
@@ -40,6 +42,7 @@ def load_engine(settings: Settings) -> InferenceEngine:
         abstain_below=settings.abstain_below,
         target_accuracy=settings.target_accuracy,
         min_bin_support=settings.min_bin_support,
+        threads=settings.inference_threads,
     )
 
 
@@ -61,20 +64,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = load_engine(settings)
         monitor = Monitor(settings, engine.card)
-        app.state.engine, app.state.monitor = engine, monitor
+        predictor = Predictor(
+            engine,
+            monitor,
+            max_batch_rows=settings.batch_max_rows,
+            max_batch_wait_s=settings.batch_max_wait_ms / 1000,
+        )
+        app.state.engine, app.state.monitor, app.state.predictor = engine, monitor, predictor
         logger.info("serving %s version %s from %s", engine.card.name, engine.card.version[:12], settings.model_path)
         try:
             yield
         finally:
-            app.state.engine = app.state.monitor = None
+            app.state.engine = app.state.monitor = app.state.predictor = None
+            await predictor.close()
             monitor.close()  # drains the log queue: every acknowledged prediction is committed
 
     app = FastAPI(title="calibserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = None
     app.state.monitor = None
+    app.state.predictor = None
     install_error_handlers(app)
-    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, binary_routes={NPY_MEDIA_TYPE: ("/predict",)})
     app.add_middleware(RequestMetrics)
     for module in (predict, feedback, models, health):
         app.include_router(module.router)

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     )
     ece_warning: float = Field(0.05, gt=0.0, description="card or live ECE above this: status warning")
     ece_critical: float = Field(0.10, gt=0.0, description="card or live ECE above this: status critical")
+    batch_max_rows: int = Field(
+        64, ge=1, le=100_000, description="micro-batching: most rows in one onnxruntime call (1: batching off)"
+    )
+    batch_max_wait_ms: float = Field(
+        0.0, ge=0.0, le=1000.0, description="micro-batching: how long a batch may wait for more requests"
+    )
+    inference_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per worker")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
 
     # Prediction log and live calibration monitoring.

@@ -10,12 +10,12 @@ from service.monitoring.monitor import Monitor
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> InferenceEngine:
+async def get_engine(request: Request) -> InferenceEngine:
     engine: InferenceEngine | None = request.app.state.engine
     if engine is None:
         raise ModelNotReady("the model is not loaded yet", {"retry": True})
@@ -30,7 +30,7 @@ def require_model(engine: InferenceEngine, name: str | None) -> None:
         )
 
 
-def get_monitor(request: Request) -> Monitor:
+async def get_monitor(request: Request) -> Monitor:
     monitor: Monitor | None = request.app.state.monitor
     if monitor is None:
         raise ModelNotReady("the model is not loaded yet", {"retry": True})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -75,7 +76,11 @@ def field_path(loc: tuple[int | str, ...]) -> str:
 
 
 def validation_error(exc: RequestValidationError) -> ServiceError:
-    errors = list(exc.errors())
+    return invalid_request(list(exc.errors()))
+
+
+def invalid_request(errors: Sequence[Any]) -> ServiceError:
+    """Pydantic errors (FastAPI's or our own parse's) -> one error naming every field at fault."""
     for error in errors:
         if error.get("type") == "json_invalid":
             reason = error.get("ctx", {}).get("error", "invalid JSON")

@@ -46,17 +46,34 @@ async def _send_error(send: Send, status: int, kind: str, message: str, details:
     await send({"type": "http.response.body", "body": body})
 
 
+def _media(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
+    media = _media(content_type)
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 class BodyGuard:
     """415 for non-JSON bodies, 413 for bodies over ``max_body_bytes`` (declared or streamed)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, binary_routes: dict[str, tuple[str, ...]] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.binary_routes = binary_routes or {}  # media type -> path suffixes that accept it
+
+    def _accepts(self, content_type: str, path: str) -> bool:
+        if _is_json(content_type):
+            return True
+        suffixes = self.binary_routes.get(_media(content_type))
+        return suffixes is not None and path.endswith(suffixes)
+
+    def _accepted_media(self, path: str) -> str:
+        binary = [media for media, suffixes in self.binary_routes.items() if path.endswith(suffixes)]
+        return "".join(f" or {media}" for media in binary)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
@@ -66,12 +83,13 @@ class BodyGuard:
         length = headers.get("content-length")
         has_body = "transfer-encoding" in headers or (length is not None and length.strip() not in ("", "0"))
         content_type = headers.get("content-type")
-        if (content_type is not None or has_body) and not _is_json(content_type or ""):
+        if (content_type is not None or has_body) and not self._accepts(content_type or "", scope["path"]):
             await _send_error(
                 send,
                 415,
                 "unsupported_media_type",
-                f"request body must be JSON (Content-Type: application/json), got {content_type or 'no Content-Type'}",
+                f"request body must be JSON (Content-Type: application/json{self._accepted_media(scope['path'])}), "
+                f"got {content_type or 'no Content-Type'}",
                 {"field": "content-type"},
             )
             return

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.api.schemas import PredictRequest
 from service.calibration.card import CalibrationCard
 from service.inference.features import FLOAT32_MAX  # the graph takes float32: larger magnitudes get a 422
 
@@ -46,6 +47,16 @@ def describe_model(schema: dict[str, Any], card: CalibrationCard, max_instances:
     return schema
 
 
+def add_request_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The predict routes parse their body themselves (fast path), so FastAPI does not list
+    ``PredictRequest``; the routes' ``openapi_extra`` refers to it, and here it is."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    request = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(request.pop("$defs", {}))
+    components["PredictRequest"] = request
+    return schema
+
+
 def install_model_openapi(app: FastAPI, card_of: Callable[[], CalibrationCard | None], max_instances: int) -> None:
     """Replace ``app.openapi`` so the document names the loaded model's shapes once it is loaded."""
     generic = app.openapi
@@ -53,7 +64,7 @@ def install_model_openapi(app: FastAPI, card_of: Callable[[], CalibrationCard | 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
-        schema = generic()
+        schema = add_request_schema(generic())
         card = card_of()
         if card is None:
             app.openapi_schema = None  # not loaded yet: answer the generic document, do not cache it

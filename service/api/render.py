@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from service.inference.engine import BatchPrediction, InferenceEngine
@@ -33,8 +35,51 @@ def model_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any]:
 def render_predictions(
     engine: InferenceEngine, batch: BatchPrediction, ids: list[str], top_k: int | None, include_logits: bool
 ) -> list[dict[str, Any]]:
+    """One dict per row. Whole columns are converted with ``tolist()`` first; the loop only assembles."""
     classes: list[str] = list(engine.card.classes)
-    bands = [
+    bands = band_dicts(engine)
+    probabilities = batch.probabilities.tolist()
+    class_index = batch.class_index.tolist()
+    sets = _set_labels(batch, classes, class_index)
+    k = min(top_k, len(classes)) if top_k else 0
+    top = np.argsort(-batch.probabilities, axis=1, kind="stable")[:, :k].tolist() if k else None
+    logits = batch.logits.astype(np.float64).tolist() if include_logits else None
+    rows = zip(
+        ids,
+        class_index,
+        batch.confidence.tolist(),
+        probabilities,
+        sets,
+        batch.band_index.tolist(),
+        batch.entropy.tolist(),
+        batch.margin.tolist(),
+        batch.abstain.tolist(),
+        strict=True,
+    )
+    predictions = []
+    for i, (prediction_id, index, confidence, probs, prediction_set, band, entropy, margin, abstain) in enumerate(rows):
+        prediction: dict[str, Any] = {
+            "prediction_id": prediction_id,
+            "label": classes[index],
+            "class_index": index,
+            "confidence": confidence,
+            "probabilities": dict(zip(classes, probs, strict=True)),
+            "prediction_set": prediction_set,
+            "expected_accuracy": bands[band],
+            "entropy": entropy,
+            "margin": margin,
+            "abstain": abstain,
+        }
+        if top is not None:
+            prediction["top_k"] = [{"label": classes[j], "probability": probs[j]} for j in top[i]]
+        if logits is not None:
+            prediction["logits"] = logits[i]
+        predictions.append(prediction)
+    return predictions
+
+
+def band_dicts(engine: InferenceEngine) -> list[dict[str, Any]]:
+    return [
         {
             "value": band.accuracy,
             "interval": None if band.accuracy_low is None else [band.accuracy_low, band.accuracy_high],
@@ -44,38 +89,51 @@ def render_predictions(
         }
         for band in engine.bands
     ]
-    probabilities = batch.probabilities.tolist()
-    sets = batch.prediction_set
-    class_array = np.asarray(classes, dtype=object)
-    k = min(top_k, len(classes)) if top_k else 0
-    top = np.argsort(-batch.probabilities, axis=1, kind="stable")[:, :k].tolist() if k else None
-    logits = batch.logits.astype(np.float64).tolist() if include_logits else None
-    rows = zip(
-        batch.class_index.tolist(),
-        batch.confidence.tolist(),
-        batch.band_index.tolist(),
-        batch.entropy.tolist(),
-        batch.margin.tolist(),
-        batch.abstain.tolist(),
-        strict=True,
-    )
-    predictions = []
-    for i, (index, confidence, band, entropy, margin, abstain) in enumerate(rows):
-        prediction: dict[str, Any] = {
-            "prediction_id": ids[i],
-            "label": classes[index],
-            "class_index": index,
-            "confidence": confidence,
-            "probabilities": dict(zip(classes, probabilities[i], strict=True)),
-            "prediction_set": class_array[sets[i]].tolist(),
-            "expected_accuracy": bands[band],
-            "entropy": entropy,
-            "margin": margin,
-            "abstain": abstain,
-        }
-        if top is not None:
-            prediction["top_k"] = [{"label": classes[j], "probability": probabilities[i][j]} for j in top[i]]
-        if logits is not None:
-            prediction["logits"] = logits[i]
-        predictions.append(prediction)
-    return predictions
+
+
+def _set_labels(batch: BatchPrediction, classes: list[str], class_index: list[int]) -> list[list[str]]:
+    """Labels of each row's prediction set; most sets are the top class alone, which needs no numpy."""
+    sizes = batch.prediction_set.sum(axis=1).tolist()
+    return [
+        [classes[index]] if size == 1 else [classes[j] for j in np.flatnonzero(batch.prediction_set[i]).tolist()]
+        for i, (size, index) in enumerate(zip(sizes, class_index, strict=True))
+    ]
+
+
+def encode_json(content: Any) -> bytes:
+    """msgspec's encoder: the same JSON as ``json.dumps`` for these types, several times faster."""
+    return msgspec.json.encode(content)
+
+
+def render_npz(
+    engine: InferenceEngine, batch: BatchPrediction, ids: list[str], include_logits: bool, model: dict[str, Any]
+) -> bytes:
+    """The bulk response as named arrays (``numpy.load`` reads it): no per-row Python at all.
+
+    ``expected_accuracy`` holds the band's accuracy per row (NaN where the band had no test samples)
+    and ``expected_accuracy_interval`` its [low, high]; ``model`` is the JSON of the ``model`` object.
+    """
+    bands = engine.bands
+    accuracy = np.array([np.nan if b.accuracy is None else b.accuracy for b in bands])[batch.band_index]
+    low = np.array([np.nan if b.accuracy_low is None else b.accuracy_low for b in bands])
+    high = np.array([np.nan if b.accuracy_high is None else b.accuracy_high for b in bands])
+    arrays: dict[str, Any] = {
+        "prediction_id": np.array(ids, dtype="U36"),
+        "label": engine.classes[batch.class_index],
+        "class_index": batch.class_index.astype(np.int64),
+        "confidence": batch.confidence,
+        "probabilities": batch.probabilities,
+        "prediction_set": batch.prediction_set,
+        "classes": engine.classes,
+        "expected_accuracy": accuracy,
+        "expected_accuracy_interval": np.stack([low, high], axis=1)[batch.band_index],
+        "entropy": batch.entropy,
+        "margin": batch.margin,
+        "abstain": batch.abstain,
+        "model": np.array(encode_json(model).decode()),
+    }
+    if include_logits:
+        arrays["logits"] = batch.logits
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()

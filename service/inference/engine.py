@@ -7,6 +7,7 @@ never a Python loop over classes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,6 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from service.calibration.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT, CalibrationCard, SelectiveRow
-from service.calibration.conformal import prediction_sets
 from service.calibration.metrics import bin_indices
 from service.errors import ConfigurationError, InvalidInput
 from service.inference.artifact import LoadedArtifact
@@ -59,6 +59,26 @@ class BatchPrediction:
     margin: NDArray[np.float64]
     abstain: NDArray[np.bool_]
     coverage: float
+    broken: NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return len(self.class_index)
+
+    def rows(self, start: int, stop: int, coverage: float) -> BatchPrediction:
+        """Rows ``start:stop`` (views, no copies): one request's share of a micro-batch."""
+        return BatchPrediction(
+            logits=self.logits[start:stop],
+            probabilities=self.probabilities[start:stop],
+            class_index=self.class_index[start:stop],
+            confidence=self.confidence[start:stop],
+            prediction_set=self.prediction_set[start:stop],
+            band_index=self.band_index[start:stop],
+            entropy=self.entropy[start:stop],
+            margin=self.margin[start:stop],
+            abstain=self.abstain[start:stop],
+            coverage=coverage,
+            broken=self.broken[start:stop],
+        )
 
 
 def accuracy_bands(card: CalibrationCard, min_support: int) -> tuple[tuple[AccuracyBand, ...], NDArray[np.intp]]:
@@ -156,42 +176,109 @@ class InferenceEngine:
 
     def run(self, features: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         """Logits and probabilities straight from the graph (float64 probabilities, renormalised rows)."""
+        logits, probs, broken = self._run_graph(features)
+        if broken.any():
+            raise _overflow_error(np.flatnonzero(broken))
+        return logits, probs
+
+    def _run_graph(
+        self, features: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64], NDArray[np.bool_]]:
+        """One onnxruntime call; rows whose output is not finite are flagged, not raised, so that a batch
+        of several requests can fail only the request that owns them."""
         logits, probabilities = self._session.run(
             [LOGITS_OUTPUT, PROBABILITIES_OUTPUT], {INPUT_NAME: np.ascontiguousarray(features, dtype=np.float32)}
         )
         probs = np.asarray(probabilities, dtype=np.float64)
-        broken = ~np.isfinite(probs).all(axis=1)
+        broken: NDArray[np.bool_] = np.asarray(~np.isfinite(probs).all(axis=1))
         if broken.any():
-            rows = np.flatnonzero(broken)[:10].tolist()
-            raise InvalidInput(
-                f"instances{rows} drive the model's output to NaN or infinity (float32 overflow inside the "
-                "graph): their feature values are far outside anything the model was trained on",
-                {"field": "instances", "rows": rows},
-            )
+            probs[broken] = 1.0 / probs.shape[1]  # placeholder so the vectorised metadata stays finite
         probs /= probs.sum(axis=1, keepdims=True)  # float32 rows sum to 1 +- 1e-7; make it exact in float64
-        return np.asarray(logits), probs
+        return np.asarray(logits), probs, broken
 
     def predict(self, features: NDArray[np.float32], coverage: float = 0.9) -> BatchPrediction:
-        coverage = self.resolve_coverage(coverage)
-        threshold = self._conformal[coverage]
-        if features.ndim != 2 or features.shape[1] != self.card.io.n_features:
-            raise InvalidInput(f"features must be [N, {self.card.io.n_features}], got {list(features.shape)}")
-        logits, probs = self.run(features)
-        class_index = probs.argmax(axis=1)
+        """Predict one request's rows; a row the graph overflows on fails the request (422)."""
+        outcome = self.predict_many([(features, coverage)])[0]
+        if isinstance(outcome, InvalidInput):
+            raise outcome
+        return outcome
+
+    def predict_many(
+        self, requests: Sequence[tuple[NDArray[np.float32], float]]
+    ) -> list[BatchPrediction | InvalidInput]:
+        """Several requests' rows through one onnxruntime call, split back in order.
+
+        Each request's outcome is its own: a prediction identical to predicting it alone, or the
+        ``InvalidInput`` that it alone caused (bad shape, unknown coverage, rows that overflow the graph).
+        Errors that are not the requests' fault (the session failing) propagate to the caller, who owes
+        them to every request of the batch.
+        """
+        outcomes: list[BatchPrediction | InvalidInput | None] = [None] * len(requests)
+        valid: list[int] = []
+        for i, (features, coverage) in enumerate(requests):
+            try:
+                self._check_request(features, coverage)
+                valid.append(i)
+            except InvalidInput as error:
+                outcomes[i] = error
+        if valid:
+            parts = [requests[i][0] for i in valid]
+            stacked = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            sizes = [len(part) for part in parts]
+            thresholds = np.repeat([self.conformal_threshold(requests[i][1]) for i in valid], sizes)
+            whole = self._describe(*self._run_graph(stacked), thresholds)
+            for i, (start, stop) in zip(valid, _spans(sizes), strict=True):
+                part = whole.rows(start, stop, self.resolve_coverage(requests[i][1]))
+                outcomes[i] = _overflow_error(np.flatnonzero(part.broken)) if part.broken.any() else part
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _check_request(self, features: NDArray[np.float32], coverage: float) -> None:
+        self.resolve_coverage(coverage)
+        if features.ndim != 2 or features.shape[1] != self.card.io.n_features or len(features) == 0:
+            raise InvalidInput(
+                f"features must be [N, {self.card.io.n_features}] with N >= 1, got {list(features.shape)}"
+            )
+
+    def _describe(
+        self,
+        logits: NDArray[np.float32],
+        probs: NDArray[np.float64],
+        broken: NDArray[np.bool_],
+        thresholds: NDArray[np.float64],
+    ) -> BatchPrediction:
+        """The trust metadata of every row at once (per-row conformal thresholds: rows of several requests)."""
         rows = np.arange(len(probs))
+        class_index = probs.argmax(axis=1)
         confidence = probs[rows, class_index]
         top_two = np.partition(probs, -2, axis=1)[:, -2:] if probs.shape[1] > 1 else np.zeros((len(probs), 2))
         with np.errstate(divide="ignore", invalid="ignore"):
             entropy = -np.where(probs > 0, probs * np.log(probs), 0.0).sum(axis=1)
+        prediction_set = probs >= thresholds[:, None]  # LAC sets, as calibration.conformal.prediction_sets
+        prediction_set[rows, class_index] = True
         return BatchPrediction(
             logits=logits,
             probabilities=probs,
             class_index=class_index,
             confidence=confidence,
-            prediction_set=prediction_sets(probs, threshold),
+            prediction_set=prediction_set,
             band_index=self._band_of_bin[bin_indices(confidence, len(self._band_of_bin))],
             entropy=entropy,
             margin=top_two[:, 1] - top_two[:, 0],
             abstain=confidence < self.abstain_threshold,
-            coverage=coverage,
+            coverage=float("nan"),
+            broken=broken,
         )
+
+
+def _spans(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    ends = np.cumsum(sizes).tolist()
+    return [(end - size, end) for size, end in zip(sizes, ends, strict=True)]
+
+
+def _overflow_error(rows: NDArray[np.intp]) -> InvalidInput:
+    shown = rows[:10].tolist()
+    return InvalidInput(
+        f"instances{shown} drive the model's output to NaN or infinity (float32 overflow inside the "
+        "graph): their feature values are far outside anything the model was trained on",
+        {"field": "instances", "rows": shown},
+    )

@@ -24,7 +24,7 @@ def rows_to_matrix(rows: Sequence[Row], n_features: int, feature_names: Sequence
         raise InvalidInput("instances is empty: send at least one row", {"field": "instances"})
     if all(isinstance(row, list) and len(row) == n_features for row in rows):
         # Fast path: the schema already guaranteed finite numbers; numpy stacks them in one call.
-        return _as_float32(np.asarray(rows, dtype=np.float64), feature_names)
+        return as_float32(np.asarray(rows, dtype=np.float64), feature_names)
     index = {name: i for i, name in enumerate(feature_names)} if feature_names is not None else None
     matrix = np.empty((len(rows), n_features), dtype=np.float64)
     for i, row in enumerate(rows):
@@ -37,7 +37,7 @@ def rows_to_matrix(rows: Sequence[Row], n_features: int, feature_names: Sequence
                     {"field": f"instances[{i}]", "expected": n_features, "got": len(row)},
                 )
             matrix[i] = row
-    return _as_float32(matrix, feature_names)
+    return as_float32(matrix, feature_names)
 
 
 def _named_row(i: int, row: Mapping[str, float], index: dict[str, int] | None, n_features: int) -> NDArray[np.float64]:
@@ -66,7 +66,7 @@ def _named_row(i: int, row: Mapping[str, float], index: dict[str, int] | None, n
     return values
 
 
-def _as_float32(matrix: NDArray[np.float64], feature_names: Sequence[str] | None) -> NDArray[np.float32]:
+def as_float32(matrix: NDArray[np.float64], feature_names: Sequence[str] | None) -> NDArray[np.float32]:
     """float64 values beyond float32's range would silently become inf inside the graph: refuse them.
 
     The bound is checked in float64, before the cast, so it is exactly the ``maximum`` the OpenAPI

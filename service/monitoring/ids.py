@@ -11,29 +11,40 @@ import threading
 import time
 import uuid
 
+import numpy as np
+
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
 
 
 def new_ids(count: int) -> list[str]:
+    """``count`` ids in creation order, built as one array (a 1000-row request needs 1000 of them).
+
+    The clock is read once per call; the 12-bit counter numbers the ids within the millisecond, and a
+    call that would pass 4096 borrows the following milliseconds, so ids stay strictly increasing.
+    """
     global _last_ms, _counter
-    ids = []
+    if count == 0:
+        return []
     with _lock:
-        for _ in range(count):
-            now_ms = time.time_ns() // 1_000_000
-            if now_ms <= _last_ms:
-                _counter += 1
-                if _counter > 0xFFF:  # 4096 ids in one millisecond: borrow the next millisecond
-                    _last_ms += 1
-                    _counter = 0
-                now_ms = _last_ms
-            else:
-                _last_ms, _counter = now_ms, 0
-            rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-            value = (now_ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | rand_b
-            ids.append(str(uuid.UUID(int=value)))
-    return ids
+        now_ms = time.time_ns() // 1_000_000
+        if now_ms > _last_ms:
+            _last_ms, _counter = now_ms, -1
+        first = _counter + 1  # sequence numbers first .. first + count - 1 within _last_ms
+        sequence = np.arange(first, first + count, dtype=np.uint64)
+        millis = np.uint64(_last_ms) + sequence // np.uint64(4096)
+        counter = sequence % np.uint64(4096)
+        _last_ms = int(millis[-1])
+        _counter = int(counter[-1])
+    high = (millis << np.uint64(16)) | np.uint64(0x7000) | counter
+    low = (np.frombuffer(os.urandom(8 * count), dtype=np.uint64) >> np.uint64(2)) | np.uint64(0b10 << 62)
+    digits = np.stack([high, low], axis=1).astype(">u8").tobytes().hex()
+    return [
+        f"{digits[i : i + 8]}-{digits[i + 8 : i + 12]}-{digits[i + 12 : i + 16]}-{digits[i + 16 : i + 20]}-"
+        f"{digits[i + 20 : i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
 
 
 def id_time(prediction_id: str) -> float:

@@ -11,13 +11,14 @@ still queued; committed rows survive and the file reopens cleanly (WAL recovery)
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Literal
 
@@ -87,20 +88,90 @@ def records_for_batch(
     probabilities: NDArray[np.float64],
     features: NDArray[np.float32] | None,
 ) -> list[PredictionRecord]:
-    now = time.time()
-    probs32 = probabilities.astype(np.float32)
-    return [
-        PredictionRecord(
-            ids[i],
-            now,
-            model_version,
-            int(class_index[i]),
-            float(confidence[i]),
-            probs32[i].tobytes(),
-            None if features is None else features[i].tobytes(),
+    """Rows for ``submit``; built with whole-array conversions, as a 1000-row request makes 1000 of them."""
+    probs32 = np.ascontiguousarray(probabilities, dtype=np.float32)
+    width = probs32.shape[1] * 4
+    blob = probs32.tobytes()
+    prob_blobs = [blob[i : i + width] for i in range(0, len(blob), width)]
+    feature_blobs: list[bytes | None]
+    if features is None:
+        feature_blobs = [None] * len(ids)
+    else:
+        f32 = np.ascontiguousarray(features, dtype=np.float32)
+        f_width, f_blob = f32.shape[1] * 4, f32.tobytes()
+        feature_blobs = [f_blob[i : i + f_width] for i in range(0, len(f_blob), f_width)]
+    return list(
+        map(
+            PredictionRecord,
+            ids,
+            repeat(time.time()),
+            repeat(model_version),
+            class_index.tolist(),
+            confidence.tolist(),
+            prob_blobs,
+            feature_blobs,
         )
-        for i in range(len(ids))
-    ]
+    )
+
+
+class RowQueue:
+    """A bounded FIFO of rows that takes a request's rows under one lock (``queue.Queue`` takes one item
+    per lock round trip, which cost more than the prediction for a 1000-row request).
+
+    ``put`` accepts what fits, then waits up to ``timeout`` for room for the rest; the writer's ``take``
+    returns up to ``batch`` rows, lingering briefly for more so concurrent requests share a commit.
+    """
+
+    def __init__(self, capacity: int, batch: int) -> None:
+        self.capacity = capacity
+        self._batch = batch
+        self._rows: deque[PredictionRecord] = deque()
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def put(self, records: Sequence[PredictionRecord], timeout: float) -> int:
+        accepted = 0
+        deadline: float | None = None
+        with self._lock:
+            while accepted < len(records):
+                room = self.capacity - len(self._rows)
+                if room > 0:
+                    was_empty = not self._rows
+                    chunk = records[accepted : accepted + room]
+                    self._rows.extend(chunk)
+                    accepted += len(chunk)
+                    if was_empty or len(self._rows) >= self._batch:
+                        self._not_empty.notify()
+                    continue
+                deadline = deadline if deadline is not None else time.monotonic() + timeout
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._not_full.wait(remaining)
+        return accepted
+
+    def take(self, wait: float, linger: float) -> tuple[list[PredictionRecord], bool]:
+        """Up to ``batch`` rows, and whether the queue is closed and now empty (the writer may stop)."""
+        with self._lock:
+            if not self._rows and not self._closed:
+                self._not_empty.wait(wait)
+            if self._rows and len(self._rows) < self._batch and not self._closed:
+                self._not_empty.wait(linger)
+            count = min(self._batch, len(self._rows))
+            rows = [self._rows.popleft() for _ in range(count)]
+            if rows:
+                self._not_full.notify_all()
+            return rows, self._closed and not self._rows
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._not_empty.notify_all()
 
 
 class PredictionLog:
@@ -120,7 +191,7 @@ class PredictionLog:
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
+        self._queue = RowQueue(queue_size, batch_size)
         self._capacity = queue_size
         self._on_full = on_full
         self._wait_timeout = wait_timeout
@@ -143,21 +214,16 @@ class PredictionLog:
     # -- write path ---------------------------------------------------------------------------------
     def submit(self, records: Sequence[PredictionRecord]) -> int:
         """Queue rows for the writer; returns how many were accepted (the rest are counted as dropped)."""
-        accepted = 0
-        for record in records:
-            try:
-                if self._on_full == "wait":
-                    self._queue.put(record, timeout=self._wait_timeout)
-                else:
-                    self._queue.put_nowait(record)
-            except queue.Full:
-                with self._counter_lock:
-                    self._dropped += len(records) - accepted
-                logger.warning("prediction log queue full: dropped %d row(s)", len(records) - accepted)
-                return accepted
+        with self._idle:
+            self._pending += len(records)  # before the writer can see them, so flush() waits for them
+        accepted = self._queue.put(records, self._wait_timeout if self._on_full == "wait" else 0.0)
+        if accepted < len(records):
             with self._idle:
-                self._pending += 1
-            accepted += 1
+                self._pending -= len(records) - accepted
+                self._idle.notify_all()
+            with self._counter_lock:
+                self._dropped += len(records) - accepted
+            logger.warning("prediction log queue full: dropped %d row(s)", len(records) - accepted)
         return accepted
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -173,38 +239,23 @@ class PredictionLog:
 
     def close(self, timeout: float = 10.0) -> None:
         """Drain and commit everything acknowledged, then stop the writer."""
-        self._queue.put(None)
+        self._queue.close()
         self._thread.join(timeout)
         if self._thread.is_alive():
             logger.error("prediction log writer did not finish within %.1f s", timeout)
 
     def stats(self) -> LogStats:
         with self._counter_lock:
-            return LogStats(self._queue.qsize(), self._capacity, self._written, self._dropped, self._on_full)
+            return LogStats(len(self._queue), self._capacity, self._written, self._dropped, self._on_full)
 
     def _run(self) -> None:
         connection = connect(self.path)
         next_prune = time.monotonic()
         stopping = False
         while not stopping:
-            batch: list[PredictionRecord] = []
-            try:
-                first = self._queue.get(timeout=self._flush_interval)
-                if first is None:
-                    stopping = True
-                else:
-                    batch.append(first)
-                # Linger briefly after the first row so that concurrent requests share one commit: one
-                # transaction per prediction would cost more than the whole prediction.
-                deadline = time.monotonic() + self._linger
-                while len(batch) < self._batch_size and not stopping:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                    if item is None:
-                        stopping = True
-                    else:
-                        batch.append(item)
-            except queue.Empty:
-                pass
+            # Linger briefly after the first row so that concurrent requests share one commit: one
+            # transaction per prediction would cost more than the whole prediction.
+            batch, stopping = self._queue.take(self._flush_interval, self._linger)
             if batch:
                 self._commit(connection, batch)
             if time.monotonic() >= next_prune:

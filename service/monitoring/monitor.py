@@ -75,8 +75,7 @@ class Monitor:
         for label, count in zip(self.card.classes, counts.tolist(), strict=True):
             if count:
                 metrics.PREDICTIONS.labels(label=label).inc(count)
-        for value in confidence.tolist():
-            metrics.CONFIDENCE.observe(value)
+        metrics.observe_many(metrics.CONFIDENCE, confidence)
         if self.log is not None:
             records = records_for_batch(
                 ids,

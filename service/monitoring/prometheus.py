@@ -45,6 +45,24 @@ QUEUE_DEPTH = Gauge("calibserve_log_queue_depth", "Rows waiting for the log writ
 DROPPED = Counter("calibserve_log_dropped_rows_total", "Prediction rows not logged (queue full or write error)")
 
 
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every ``v``, one increment per bucket instead of one call per value.
+
+    prometheus-client has no batch observe, and per value it costs a lock and a Python loop over the
+    buckets (2 ms for a 1000-row request). This uses its internal per-bucket values, the same ones
+    ``observe`` increments (each value counts in the first bucket whose bound holds it; the exposition
+    accumulates), so the output is identical; a test compares it with ``observe`` in a loop.
+    """
+    if len(values) == 0:
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(np.sum(values)))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):
+        if count:
+            bucket.inc(count)
+
+
 def render() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

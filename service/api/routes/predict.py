@@ -1,70 +1,111 @@
-"""POST /v1/predict: calibrated probabilities with the trust metadata of the card."""
+"""POST /v1/predict: calibrated probabilities with the trust metadata of the card.
+
+The handler reads the body itself (JSON through ``service.api.parsing``'s fast parse, or an ``.npy``
+matrix) instead of declaring a pydantic body: the schema is still published, from ``PredictRequest``,
+but a valid request is never validated element by element. ``async`` throughout: the work happens in
+the predictor's micro-batches, off the event loop.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from service.api.deps import get_engine, get_monitor, get_settings, require_model
-from service.api.render import model_summary, render_predictions
-from service.api.schemas import ErrorResponse, PredictRequest, PredictResponse
-from service.errors import InvalidInput, PayloadTooLarge
+from service.api.deps import require_model
+from service.api.parsing import NPY_MEDIA_TYPE, PredictOptions, check_instance_count, parse_json, parse_npy
+from service.api.render import encode_json, model_summary, render_npz, render_predictions
+from service.api.schemas import ErrorResponse, PredictResponse
+from service.errors import InvalidInput, ModelNotReady
 from service.inference.engine import InferenceEngine
 from service.inference.features import rows_to_matrix
-from service.monitoring.monitor import Monitor
-from service.settings import Settings
+from service.prediction import Predictor
 
 router = APIRouter(tags=["predict"])
+NPZ_MEDIA_TYPE = "application/x-npz"
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 503)
 }
-
-
-@router.post("/v1/predict", response_model=PredictResponse, responses=ERRORS)
-def predict(
-    request: PredictRequest,
-    engine: InferenceEngine = Depends(get_engine),
-    monitor: Monitor = Depends(get_monitor),
-    settings: Settings = Depends(get_settings),
-) -> JSONResponse:
-    """Predict each instance; probabilities are temperature-scaled, sets are split-conformal."""
-    return _predict(request, engine, monitor, settings)
-
-
-@router.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=ERRORS)
-def predict_named(
-    name: str,
-    request: PredictRequest,
-    engine: InferenceEngine = Depends(get_engine),
-    monitor: Monitor = Depends(get_monitor),
-    settings: Settings = Depends(get_settings),
-) -> JSONResponse:
-    """Same as /v1/predict, for clients that address models by name."""
-    require_model(engine, name)
-    return _predict(request, engine, monitor, settings)
-
-
-def _predict(request: PredictRequest, engine: InferenceEngine, monitor: Monitor, settings: Settings) -> JSONResponse:
-    require_model(engine, request.model)
-    if len(request.instances) > settings.max_instances:
-        raise PayloadTooLarge(
-            f"{len(request.instances)} instances exceed the limit of {settings.max_instances} per request "
-            "(CALIBSERVE_MAX_INSTANCES)",
-            {"field": "instances", "limit": settings.max_instances},
-        )
-    if request.top_k is not None and request.top_k > engine.card.n_classes:
-        raise InvalidInput(
-            f"top_k {request.top_k} exceeds the model's {engine.card.n_classes} classes", {"field": "top_k"}
-        )
-    coverage = engine.resolve_coverage(request.coverage)  # unknown coverage: 422 before looking at the rows
-    features = rows_to_matrix(request.instances, engine.card.io.n_features, engine.card.io.feature_names)
-    batch = engine.predict(features, coverage)
-    ids = monitor.record(batch.class_index, batch.confidence, batch.probabilities, features)
-    return JSONResponse(
-        {
-            "predictions": render_predictions(engine, batch, ids, request.top_k, request.include_logits),
-            "model": model_summary(engine, coverage),
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "content": {
+            NPZ_MEDIA_TYPE: {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "with 'Accept: application/x-npz': the same fields as named arrays (numpy.load)",
+            }
         }
-    )
+    },
+}
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+            NPY_MEDIA_TYPE: {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "a NumPy .npy file of shape [N, F] (float32, float64 or integers); the options "
+                "go in the query string: coverage, top_k, include_logits (true/false), model",
+            },
+        },
+    },
+}
+
+
+@router.post("/v1/predict", response_model=PredictResponse, responses=RESPONSES, openapi_extra=REQUEST_BODY)
+async def predict(request: Request) -> Response:
+    """Predict each instance; probabilities are temperature-scaled, sets are split-conformal."""
+    return await _predict(request, None)
+
+
+@router.post(
+    "/v1/models/{name}/predict", response_model=PredictResponse, responses=RESPONSES, openapi_extra=REQUEST_BODY
+)
+async def predict_named(name: str, request: Request) -> Response:
+    """Same as /v1/predict, for clients that address models by name."""
+    return await _predict(request, name)
+
+
+async def _predict(request: Request, name: str | None) -> Response:
+    predictor: Predictor | None = request.app.state.predictor
+    if predictor is None:
+        raise ModelNotReady("the model is not loaded yet", {"retry": True})
+    engine = predictor.engine
+    require_model(engine, name)
+    max_instances: int = request.app.state.settings.max_instances
+    io = engine.card.io
+    body = await request.body()
+    if _media_type(request.headers.get("content-type")) == NPY_MEDIA_TYPE:
+        options, features = parse_npy(body, dict(request.query_params), io.n_features, io.feature_names, max_instances)
+        coverage = _check_options(engine, options)
+    else:
+        if request.scope.get("query_string"):
+            raise InvalidInput(
+                "query parameters apply only to application/x-npy bodies; put the options in the JSON body",
+                {"field": "query", "got": sorted(request.query_params)},
+            )
+        options, rows = parse_json(body)
+        check_instance_count(len(rows), max_instances)
+        coverage = _check_options(engine, options)  # unknown model or coverage: refused before looking at rows
+        features = rows_to_matrix(rows, io.n_features, io.feature_names)
+    scored = await predictor.predict(features, coverage)
+    model = model_summary(engine, coverage)
+    if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
+        content = render_npz(engine, scored.prediction, scored.ids, options.include_logits, model)
+        return Response(content, media_type=NPZ_MEDIA_TYPE)
+    predictions = render_predictions(engine, scored.prediction, scored.ids, options.top_k, options.include_logits)
+    return Response(encode_json({"predictions": predictions, "model": model}), media_type="application/json")
+
+
+def _check_options(engine: InferenceEngine, options: PredictOptions) -> float:
+    require_model(engine, options.model)
+    if options.top_k is not None and options.top_k > engine.card.n_classes:
+        raise InvalidInput(
+            f"top_k {options.top_k} exceeds the model's {engine.card.n_classes} classes", {"field": "top_k"}
+        )
+    return engine.resolve_coverage(options.coverage)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()

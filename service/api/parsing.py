@@ -1,0 +1,143 @@
+"""Request bodies -> (options, float32 feature matrix), fast where the body is well formed.
+
+JSON: msgspec decodes a well-formed body straight into typed lists in one C pass (it refuses booleans,
+strings, null, NaN and unknown keys where pydantic's strict model does), and numpy stacks the rows. A
+body msgspec refuses is decoded again the slow way, ``json.loads`` plus the strict pydantic
+``PredictRequest``, only to produce the precise error message: so every refusal reads as it always
+has, and a valid body never pays for pydantic's element-by-element validation.
+
+Binary: ``application/x-npy`` carries the [N, F] feature matrix as a NumPy ``.npy`` file, with the
+options in the query string, for bulk scoring without JSON floats.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+import pydantic
+from numpy.typing import NDArray
+
+from service.api.errors import invalid_request
+from service.api.schemas import PredictRequest
+from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge
+from service.inference.features import as_float32
+
+NPY_MEDIA_TYPE = "application/x-npy"
+NPY_DTYPES = "float32, float64 or an integer type"
+_QUERY_OPTIONS = ("coverage", "top_k", "include_logits", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class PredictOptions:
+    coverage: float = 0.9
+    top_k: int | None = None
+    include_logits: bool = False
+    model: str | None = None
+
+
+class _FastPredict(msgspec.Struct, forbid_unknown_fields=True):
+    """What ``PredictRequest`` accepts, minus its rarer spellings (those take the slow path)."""
+
+    instances: Annotated[list[list[float] | dict[str, float]], msgspec.Meta(min_length=1)]
+    coverage: float = 0.9
+    top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    include_logits: bool = False
+    model: str | None = None
+
+
+_DECODER = msgspec.json.Decoder(_FastPredict)
+
+
+def parse_json(body: bytes) -> tuple[PredictOptions, list[Any]]:
+    """Options and raw rows (``rows_to_matrix`` turns them into the matrix once the options are checked)."""
+    try:
+        fast = _DECODER.decode(body)
+        return PredictOptions(fast.coverage, fast.top_k, fast.include_logits, fast.model), fast.instances
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        request = _slow_parse(body)
+        options = PredictOptions(request.coverage, request.top_k, request.include_logits, request.model)
+        return options, list(request.instances)
+
+
+def _slow_parse(body: bytes) -> PredictRequest:
+    """The reference parse (what FastAPI did with the strict model): raises the precise error."""
+    if not body.strip():
+        raise MalformedRequest("request body is required: a JSON object with 'instances'", {"field": "body"})
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise MalformedRequest(f"request body could not be decoded as JSON ({error.reason})", {"field": "body"})
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise MalformedRequest(f"request body is not valid JSON: {error.msg}", {"field": "body"}) from None
+    except RecursionError:
+        raise MalformedRequest("request body is not valid JSON: nested too deeply", {"field": "body"}) from None
+    try:
+        return PredictRequest.model_validate(value, from_attributes=True)  # FastAPI's mode: same messages
+    except pydantic.ValidationError as error:
+        raise invalid_request(error.errors(include_url=False)) from None
+
+
+def check_instance_count(count: int, max_instances: int) -> None:
+    if count > max_instances:
+        raise PayloadTooLarge(
+            f"{count} instances exceed the limit of {max_instances} per request (CALIBSERVE_MAX_INSTANCES)",
+            {"field": "instances", "limit": max_instances},
+        )
+
+
+def parse_npy(
+    body: bytes, query: dict[str, str], n_features: int, feature_names: Sequence[str] | None, max_instances: int
+) -> tuple[PredictOptions, NDArray[np.float32]]:
+    """An ``.npy`` body (no pickles) of shape [N, F]; options from the query string, checked as strictly."""
+    options = _query_options(query)
+    if not body:
+        raise MalformedRequest("request body is required: an .npy file of shape [N, F]", {"field": "body"})
+    try:
+        matrix = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise MalformedRequest(f"request body is not a valid .npy file: {error}", {"field": "body"}) from None
+    if not isinstance(matrix, np.ndarray):
+        raise MalformedRequest("request body is an .npz archive; send a single .npy array", {"field": "body"})
+    if matrix.dtype.kind not in "fiu" or matrix.dtype.itemsize > 8:
+        raise InvalidInput(
+            f"features must be {NPY_DTYPES}, got dtype {matrix.dtype}", {"field": "body", "dtype": str(matrix.dtype)}
+        )
+    if matrix.ndim != 2 or matrix.shape[1] != n_features or matrix.shape[0] == 0:
+        raise InvalidInput(
+            f"features must have shape [N, {n_features}] with N >= 1, got {list(matrix.shape)}",
+            {"field": "body", "shape": list(matrix.shape), "expected": [-1, n_features]},
+        )
+    check_instance_count(matrix.shape[0], max_instances)
+    return options, as_float32(np.asarray(matrix, dtype=np.float64), feature_names)
+
+
+def _query_options(query: dict[str, str]) -> PredictOptions:
+    unknown = sorted(set(query) - set(_QUERY_OPTIONS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown query parameter(s) {', '.join(unknown)}; allowed: {', '.join(_QUERY_OPTIONS)}",
+            {"field": "query", "unknown": unknown},
+        )
+    try:
+        coverage = float(query.get("coverage", "0.9"))
+    except ValueError:
+        raise InvalidInput(f"coverage must be a number, got {query['coverage']!r}", {"field": "coverage"}) from None
+    if not np.isfinite(coverage):
+        raise InvalidInput(f"coverage must be finite, got {query['coverage']!r}", {"field": "coverage"})
+    top_k: int | None = None
+    if "top_k" in query:
+        if not query["top_k"].isdigit() or int(query["top_k"]) < 1:
+            raise InvalidInput(f"top_k must be an integer >= 1, got {query['top_k']!r}", {"field": "top_k"})
+        top_k = int(query["top_k"])
+    flag = query.get("include_logits", "false").lower()
+    if flag not in ("true", "false"):
+        raise InvalidInput(f"include_logits must be true or false, got {flag!r}", {"field": "include_logits"})
+    return PredictOptions(coverage, top_k, flag == "true", query.get("model"))

@@ -1,0 +1,77 @@
+"""The one path from a request's feature matrix to calibrated, logged predictions.
+
+Every protocol (``/v1`` JSON and binary, and later ``/v2``) calls ``Predictor.predict``; micro-batching,
+the engine's per-request error isolation and the prediction log sit behind it, so no route has a
+second copy of that logic. The batch function runs on the inference thread: logging rows there too
+means a full log queue ("wait" policy) slows inference down instead of blocking the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.errors import InvalidInput
+from service.inference.batching import MicroBatcher
+from service.inference.engine import BatchPrediction, InferenceEngine
+from service.monitoring.monitor import Monitor
+
+Job = tuple[NDArray[np.float32], float]  # (features [N, F], conformal coverage)
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One request's predictions and the ids they were logged under."""
+
+    prediction: BatchPrediction
+    ids: list[str]
+
+
+class Predictor:
+    def __init__(
+        self, engine: InferenceEngine, monitor: Monitor, *, max_batch_rows: int, max_batch_wait_s: float
+    ) -> None:
+        self.engine = engine
+        self.monitor = monitor
+        self.batcher: MicroBatcher[Job, Scored] = MicroBatcher(
+            self.score_batch, _rows, max_rows=max_batch_rows, max_wait_s=max_batch_wait_s
+        )
+
+    async def predict(self, features: NDArray[np.float32], coverage: float) -> Scored:
+        return await self.batcher.submit((features, coverage))
+
+    def score_batch(self, jobs: Sequence[Job]) -> list[Scored | InvalidInput]:
+        """Predict every job with one onnxruntime call and log the successful rows in one submit."""
+        outcomes = self.engine.predict_many(jobs)
+        done = [(i, outcome) for i, outcome in enumerate(outcomes) if isinstance(outcome, BatchPrediction)]
+        if not done:
+            return [outcome for outcome in outcomes if isinstance(outcome, InvalidInput)]
+        parts = [outcome for _, outcome in done]
+        features = [jobs[i][0] for i, _ in done]
+        ids = self.monitor.record(
+            _joined([part.class_index for part in parts]),
+            _joined([part.confidence for part in parts]),
+            _joined([part.probabilities for part in parts]),
+            _joined(features),
+        )
+        scored: dict[int, Scored] = {}
+        start = 0
+        for i, outcome in done:
+            scored[i] = Scored(outcome, ids[start : start + len(outcome)])
+            start += len(outcome)
+        return [scored[i] if isinstance(outcome, BatchPrediction) else outcome for i, outcome in enumerate(outcomes)]
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+
+def _joined(arrays: list[NDArray[Any]]) -> NDArray[Any]:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _rows(job: Job) -> int:
+    return len(job[0])
