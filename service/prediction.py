@@ -61,6 +61,7 @@ class Predictor:
         scored: dict[int, Scored] = {}
         start = 0
         for i, outcome in done:
+            outcome.values()  # here, on the inference thread, once for the whole batch
             scored[i] = Scored(outcome, ids[start : start + len(outcome)])
             start += len(outcome)
         return [scored[i] if isinstance(outcome, BatchPrediction) else outcome for i, outcome in enumerate(outcomes)]

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge
 
+_GUARDED_HEADERS = {b"content-length", b"content-type", b"transfer-encoding"}
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH", "POST", "PUT", "PATCH"}
 
 
@@ -79,7 +80,11 @@ class BodyGuard:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {
+            name.lower().decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name.lower() in _GUARDED_HEADERS
+        }
         length = headers.get("content-length")
         has_body = "transfer-encoding" in headers or (length is not None and length.strip() not in ("", "0"))
         content_type = headers.get("content-type")

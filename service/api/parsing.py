@@ -72,7 +72,9 @@ def _slow_parse(body: bytes) -> PredictRequest:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise MalformedRequest(f"request body could not be decoded as JSON ({error.reason})", {"field": "body"})
+        raise MalformedRequest(
+            f"request body could not be decoded as JSON ({error.reason})", {"field": "body"}
+        ) from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:

@@ -35,36 +35,34 @@ def model_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any]:
 def render_predictions(
     engine: InferenceEngine, batch: BatchPrediction, ids: list[str], top_k: int | None, include_logits: bool
 ) -> list[dict[str, Any]]:
-    """One dict per row. Whole columns are converted with ``tolist()`` first; the loop only assembles."""
+    """One dict per row from the batch's Python values; the loop only assembles."""
     classes: list[str] = list(engine.card.classes)
     bands = band_dicts(engine)
-    probabilities = batch.probabilities.tolist()
-    class_index = batch.class_index.tolist()
-    sets = _set_labels(batch, classes, class_index)
+    values = batch.values()
     k = min(top_k, len(classes)) if top_k else 0
     top = np.argsort(-batch.probabilities, axis=1, kind="stable")[:, :k].tolist() if k else None
     logits = batch.logits.astype(np.float64).tolist() if include_logits else None
     rows = zip(
         ids,
-        class_index,
-        batch.confidence.tolist(),
-        probabilities,
-        sets,
-        batch.band_index.tolist(),
-        batch.entropy.tolist(),
-        batch.margin.tolist(),
-        batch.abstain.tolist(),
+        values.class_index,
+        values.confidence,
+        values.probabilities,
+        values.prediction_set,
+        values.band_index,
+        values.entropy,
+        values.margin,
+        values.abstain,
         strict=True,
     )
     predictions = []
-    for i, (prediction_id, index, confidence, probs, prediction_set, band, entropy, margin, abstain) in enumerate(rows):
+    for i, (prediction_id, index, confidence, probs, members, band, entropy, margin, abstain) in enumerate(rows):
         prediction: dict[str, Any] = {
             "prediction_id": prediction_id,
             "label": classes[index],
             "class_index": index,
             "confidence": confidence,
             "probabilities": dict(zip(classes, probs, strict=True)),
-            "prediction_set": prediction_set,
+            "prediction_set": [classes[j] for j in members],
             "expected_accuracy": bands[band],
             "entropy": entropy,
             "margin": margin,
@@ -88,15 +86,6 @@ def band_dicts(engine: InferenceEngine) -> list[dict[str, Any]]:
             "support": band.support,
         }
         for band in engine.bands
-    ]
-
-
-def _set_labels(batch: BatchPrediction, classes: list[str], class_index: list[int]) -> list[list[str]]:
-    """Labels of each row's prediction set; most sets are the top class alone, which needs no numpy."""
-    sizes = batch.prediction_set.sum(axis=1).tolist()
-    return [
-        [classes[index]] if size == 1 else [classes[j] for j in np.flatnonzero(batch.prediction_set[i]).tolist()]
-        for i, (size, index) in enumerate(zip(sizes, class_index, strict=True))
     ]
 
 

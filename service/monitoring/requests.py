@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -12,6 +13,10 @@ from service.monitoring.prometheus import LATENCY, REQUESTS
 class RequestMetrics:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # labels() takes a lock and builds a key per call; the children are few (routes x methods x
+        # statuses), so keep them: a dict lookup per request instead.
+        self._counters: dict[tuple[str, str, str], Any] = {}
+        self._histograms: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,8 +35,15 @@ class RequestMetrics:
             await self.app(scope, receive, record_status)
         finally:
             route = _route_template(scope)
-            REQUESTS.labels(route=route, method=scope["method"], status=str(status)).inc()
-            LATENCY.labels(route=route).observe(time.perf_counter() - started)
+            key = (route, scope["method"], str(status))
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = REQUESTS.labels(route=route, method=key[1], status=key[2])
+            counter.inc()
+            histogram = self._histograms.get(route)
+            if histogram is None:
+                histogram = self._histograms[route] = LATENCY.labels(route=route)
+            histogram.observe(time.perf_counter() - started)
 
 
 def _route_template(scope: Scope) -> str:
