@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import platform
@@ -60,14 +61,34 @@ DEFAULT_OUTPUT = BENCH_DIR / "RESULTS.md"
 MODEL_FILE = REPO_ROOT / "models" / "digits" / "model.onnx"
 VENV_BIN = Path(sys.executable).parent
 
-SERVERS = ("bare", "naive", "litserve", "calibserve")
+SERVERS = ("bare", "naive", "litserve", "calibserve-off", "calibserve")
 TITLES = {
     "bare": "(1) bare ASGI",
     "naive": "(2) naive FastAPI",
     "litserve": "(3) LitServe",
-    "calibserve": "(4) calibserve",
+    "calibserve-off": "(4a) calibserve, batching off",
+    "calibserve": "(4b) calibserve",
 }
 BULK_SERVERS = ("naive", "calibserve")
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+
+
+@dataclass(frozen=True)
+class BulkVariant:
+    name: str
+    body: str  # key of the bodies dict
+    content_type: str
+    accept: str | None
+
+
+BULK_VARIANTS = {
+    "naive": (BulkVariant("JSON", "bulk", "application/json", None),),
+    "calibserve": (
+        BulkVariant("JSON", "bulk", "application/json", None),
+        BulkVariant(".npy in, .npz out", "bulk_npy", NPY, NPZ),
+    ),
+}
 BULK_ROWS = 1000
 BULK_CONCURRENCY = 4
 WORKER_COUNTS = (1, 2)
@@ -130,6 +151,7 @@ class LoadResult:
     processes: int
     connections: list[int]  # established connections per server process holding any, sampled with the RSS
     other_rps: list[float] = field(default_factory=list)  # the other measured runs when repeated
+    variant: str = "JSON"
 
     @property
     def rps(self) -> float:
@@ -181,12 +203,13 @@ def digits_rows(n: int) -> list[list[int]]:
     return [[int(v) for v in row] for row in data[:n]]
 
 
-def write_bodies(directory: Path) -> tuple[Path, Path]:
-    single = directory / "single.json"
-    bulk = directory / "bulk.json"
-    single.write_text(json.dumps({"instances": digits_rows(1)}))
-    bulk.write_text(json.dumps({"instances": digits_rows(BULK_ROWS)}))
-    return single, bulk
+def write_bodies(directory: Path) -> dict[str, Path]:
+    bodies = {name: directory / name for name in ("single", "bulk", "bulk_npy")}
+    bodies["single"].write_text(json.dumps({"instances": digits_rows(1)}))
+    bodies["bulk"].write_text(json.dumps({"instances": digits_rows(BULK_ROWS)}))
+    with bodies["bulk_npy"].open("wb") as file:
+        np.save(file, np.asarray(digits_rows(BULK_ROWS), dtype=np.float32))
+    return bodies
 
 
 # --------------------------------------------------------------------------------------------- servers
@@ -214,8 +237,10 @@ def server_spec(name: str, workers: int, port: int, tmp: Path) -> ServerSpec:
         argv = [python, str(PEERS_DIR / "litserve_onnx.py"), "--port", str(port), "--workers", str(workers)]
         argv += ["--max-batch-size", str(LITSERVE_MAX_BATCH), "--batch-timeout", str(LITSERVE_BATCH_TIMEOUT_S)]
         return ServerSpec(name, workers, argv, env, "/health")
-    if name == "calibserve":
-        data_dir = tmp / f"calibserve-data-w{workers}"
+    if name in ("calibserve", "calibserve-off"):
+        data_dir = tmp / f"{name}-data-w{workers}"
+        if name == "calibserve-off":
+            env["CALIBSERVE_BATCH_MAX_ROWS"] = "1"
         env |= {
             "CALIBSERVE_WORKERS": str(workers),
             "CALIBSERVE_DATA_DIR": str(data_dir),
@@ -247,10 +272,19 @@ def _log_tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def _http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+def _http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    timeout: float = 5.0,
+    content_type: str = "application/json",
+    accept: str | None = None,
+) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method=method)
     if body is not None:
-        request.add_header("Content-Type", "application/json")
+        request.add_header("Content-Type", content_type)
+    if accept is not None:
+        request.add_header("Accept", accept)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return int(response.status), response.read()
@@ -345,12 +379,19 @@ def running(spec: ServerSpec, port: int, log_dir: Path) -> Iterator[Running]:
             server.stop_s = stop_s
 
 
-def check_answer(server: Running, body: Path, rows: int) -> None:
+def check_answer(server: Running, body: Path, rows: int, variant: BulkVariant | None = None) -> None:
     """One request before the load: 200, and for model servers the right label and shape."""
-    status, payload = _http("POST", server.base_url + server.spec.predict_path, body.read_bytes(), timeout=30)
+    content_type, accept = (variant.content_type, variant.accept) if variant else ("application/json", None)
+    url = server.base_url + server.spec.predict_path
+    status, payload = _http("POST", url, body.read_bytes(), timeout=30, content_type=content_type, accept=accept)
     if status != 200:
         raise BenchError(f"{server.spec.name}: POST answered {status}: {payload[:300]!r}")
     if server.spec.name == "bare":
+        return
+    if accept == NPZ:
+        arrays = np.load(io.BytesIO(payload))
+        if arrays["probabilities"].shape != (rows, 10) or str(arrays["label"][0]) != "0":
+            raise BenchError(f"{server.spec.name}: unexpected .npz answer: {sorted(arrays.files)}")
         return
     predictions = json.loads(payload)["predictions"]
     first = predictions[0]
@@ -420,13 +461,23 @@ def connections_per_process(root: int, port: int) -> list[int]:
 
 
 def run_wrk(
-    url: str, body: Path, connections: int, duration_s: int, root_pid: int | None, port: int = 0
+    url: str,
+    body: Path,
+    connections: int,
+    duration_s: int,
+    root_pid: int | None,
+    port: int = 0,
+    variant: BulkVariant | None = None,
 ) -> dict[str, Any]:
     """One wrk run: the BENCH_JSON line of post_json.lua, plus ``rss_mib``, ``processes`` and ``split``
     (connections per server process) sampled near its end."""
     argv = ["wrk", "-t", str(min(WRK_THREADS, connections)), "-c", str(connections), "-d", f"{duration_s}s"]
     argv += ["--timeout", WRK_TIMEOUT, "--latency", "-s", str(LUA_SCRIPT), url]
     env = os.environ | {"BENCH_BODY_FILE": str(body)}
+    if variant is not None:
+        env["BENCH_CONTENT_TYPE"] = variant.content_type
+        if variant.accept:
+            env["BENCH_ACCEPT"] = variant.accept
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rss, processes, split = 0.0, 0, []
     try:
@@ -451,7 +502,14 @@ def run_wrk(
 
 
 def load(
-    server: Running, body: Path, rows: int, connections: int, duration_s: int, warmup_s: int, repeats: int = 1
+    server: Running,
+    body: Path,
+    rows: int,
+    connections: int,
+    duration_s: int,
+    warmup_s: int,
+    repeats: int = 1,
+    variant: BulkVariant | None = None,
 ) -> tuple[LoadResult, int]:
     """Warm-up run (discarded), then ``repeats`` measured runs, the best (req/s) reported with the others' req/s.
 
@@ -460,11 +518,11 @@ def load(
     port = int(server.base_url.rsplit(":", 1)[1])
     served = 0
     if warmup_s:
-        warm = run_wrk(url, body, connections, warmup_s, None)
+        warm = run_wrk(url, body, connections, warmup_s, None, variant=variant)
         served += warm["requests"] - warm["status"]
     runs = []
     for _ in range(repeats):
-        raw = run_wrk(url, body, connections, duration_s, server.process.pid, port)
+        raw = run_wrk(url, body, connections, duration_s, server.process.pid, port, variant)
         served += raw["requests"] - raw["status"]
         runs.append(raw)
     keys = ("status", "connect", "read", "write", "timeout")
@@ -485,6 +543,7 @@ def load(
         processes=best["processes"],
         connections=best["split"],
         other_rps=[run["requests"] / run["duration_us"] * 1e6 for run in runs if run is not best],
+        variant=variant.name if variant else "JSON",
     )
     return result, served
 
@@ -608,6 +667,91 @@ def _find(results: list[LoadResult], server: str, workers: int, concurrency: int
     return None
 
 
+def _bulk(report: Report, server: str, workers: int, variant: str) -> LoadResult | None:
+    return next(
+        (r for r in report.bulk if (r.server, r.workers, r.variant) == (server, workers, variant)),
+        None,
+    )
+
+
+def _met(value: float | None, target: float, at_least: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    return "yes" if (value >= target if at_least else value <= target) else "**no**"
+
+
+def target_rows(report: Report) -> list[list[str]]:
+    """The issue's targets, each computed from this run only (1 worker, as the issue states them)."""
+    cal = _find(report.loads, "calibserve", 1, 32)
+    naive = _find(report.loads, "naive", 1, 32)
+    lit = _find(report.loads, "litserve", 1, 32)
+    off = _find(report.loads, "calibserve-off", 1, 32)
+    rows: list[list[str]] = []
+    for peer, result, target in ((TITLES["naive"], naive, 2.0), (TITLES["litserve"], lit, 1.2)):
+        ratio = _rps(cal) / _rps(result) if _rps(cal) and _rps(result) else None  # type: ignore[operator]
+        rows.append(
+            [
+                "single-instance req/s, c=32, 1w",
+                f"{_rps(cal) or 0:,.0f}",
+                f"{peer}: {_rps(result) or 0:,.0f}",
+                _ratio(_rps(cal), _rps(result)),
+                f">= {target:.1f}x",
+                _met(ratio, target),
+            ]
+        )
+    rows.append(
+        [
+            "micro-batching on / off, c=32, 1w",
+            f"{_rps(cal) or 0:,.0f}",
+            f"{TITLES['calibserve-off']}: {_rps(off) or 0:,.0f}",
+            _ratio(_rps(cal), _rps(off)),
+            "(no target)",
+            "",
+        ]
+    )
+    p99 = cal.p99_ms if cal else None
+    rows.append(["p99 latency, c=32, 1w", f"{p99 or 0:.2f} ms", "", "", "<= 20 ms", _met(p99, 20.0, at_least=False)])
+    naive_bulk = _ips(_bulk(report, "naive", 1, "JSON"))
+    json_bulk = _ips(_bulk(report, "calibserve", 1, "JSON"))
+    rows.append(
+        [
+            "bulk JSON instances/s, 1w",
+            f"{json_bulk or 0:,.0f}",
+            f"{TITLES['naive']}: {naive_bulk or 0:,.0f}",
+            _ratio(json_bulk, naive_bulk),
+            ">= 5.0x",
+            _met(json_bulk / naive_bulk if json_bulk and naive_bulk else None, 5.0),
+        ]
+    )
+    binary = _ips(_bulk(report, "calibserve", 1, BULK_VARIANTS["calibserve"][1].name))
+    ort_rate = report.ort_rows_per_s.get(BULK_ROWS)
+    rows.append(
+        [
+            "binary path instances/s, 1w",
+            f"{binary or 0:,.0f}",
+            f"onnxruntime alone, batch {BULK_ROWS}: {ort_rate or 0:,.0f} rows/s",
+            _ratio(binary, ort_rate),
+            ">= 0.4x",
+            _met(binary / ort_rate if binary and ort_rate else None, 0.4),
+        ]
+    )
+    start = next((s.ready_s for s in report.starts if (s.server, s.workers) == ("calibserve", 1)), None)
+    rows.append(["process start to ready, 1w", f"{start or 0:.2f} s", "", "", "<= 1.5 s", _met(start, 1.5, False)])
+    rss = [r.rss_mib for r in report.loads + report.bulk if r.server == "calibserve" and r.workers == 1]
+    peak = max(rss) if rss else None
+    rows.append(
+        [
+            "RSS under load, 1 worker (peak)",
+            f"{peak or 0:.0f} MiB",
+            "",
+            "",
+            "<= 150 MB (143 MiB)",
+            _met(peak, 143, False),
+        ]
+    )
+    return rows
+
+
 def _load_row(result: LoadResult, bulk: bool = False) -> list[str]:
     errors = str(result.errors) + (f" ({result.error_detail})" if result.error_detail else "")
     fmt = "{:,.1f}" if bulk else "{:,.0f}"
@@ -688,12 +832,12 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
             ]
             out += [f"### concurrency {concurrency}", "", *_table(header, rows), ""]
     out += [f"## Bulk: {BULK_ROWS}-instance requests, concurrency {BULK_CONCURRENCY}", ""]
-    bulk_header = ["server", "workers", "req/s", "instances/s", "p50 ms", "p99 ms", "errors", "RSS MiB (procs)"]
+    bulk_header = ["server", "body", "workers", "req/s", "instances/s", "p50 ms", "p99 ms", "errors", "RSS MiB (procs)"]
     bulk_header.append("conns/process")
     bulk_rows = []
     for result in report.bulk:
         row = _load_row(result, bulk=True)
-        bulk_rows.append([row[0], str(result.workers), *row[2:]])
+        bulk_rows.append([row[0], result.variant, str(result.workers), *row[2:]])
     out += [*_table(bulk_header, bulk_rows), ""]
     out += ["## onnxruntime alone, in-process (1 intra-op thread, best of repeats)", ""]
     out += _table(["batch rows", "rows/s"], [[str(b), f"{v:,.0f}"] for b, v in sorted(report.ort_rows_per_s.items())])
@@ -703,11 +847,13 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
         [[TITLES[s.server], str(s.workers), f"{s.ready_s:.2f}", f"`{s.command}`"] for s in report.starts],
         left=(0, 3),
     )
+    out += ["", "## Targets (issue 6), from this run", ""]
+    out += _table(["measure", "calibserve", "against", "ratio", "target", "met"], target_rows(report), left=(0, 2))
     out += ["", "## Ratios (calibserve / peer)", ""]
     ratio_rows = []
     for workers in WORKER_COUNTS:
         cal = _find(report.loads, "calibserve", workers, 32)
-        for peer in ("naive", "litserve", "bare"):
+        for peer in ("naive", "litserve", "calibserve-off", "bare"):
             other = _find(report.loads, peer, workers, 32)
             ratio_rows.append(
                 [
@@ -718,36 +864,25 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
                 ]
             )
     for workers in WORKER_COUNTS:
-        cal_bulk = next((r for r in report.bulk if r.server == "calibserve" and r.workers == workers), None)
-        naive_bulk = next((r for r in report.bulk if r.server == "naive" and r.workers == workers), None)
-        ratio_rows.append(
-            [
-                f"bulk instances/s, {workers}w",
-                TITLES["naive"],
-                _ratio(_ips(cal_bulk), _ips(naive_bulk)),
-                _ratio_range(cal_bulk, naive_bulk, per_instance=True),
-            ]
-        )
-    ort = report.ort_rows_per_s
-    for workers in WORKER_COUNTS:
-        cal = _find(report.loads, "calibserve", workers, 32)
-        ratio_rows.append(
-            [
-                f"single-instance req/s at concurrency 32, {workers}w",
-                "onnxruntime alone, batch 1 rows/s",
-                _ratio(_rps(cal), ort.get(1)),
-                "",
-            ]
-        )
-        cal_bulk = next((r for r in report.bulk if r.server == "calibserve" and r.workers == workers), None)
-        ratio_rows.append(
-            [
-                f"bulk instances/s, {workers}w",
-                f"onnxruntime alone, batch {BULK_ROWS} rows/s",
-                _ratio(_ips(cal_bulk), ort.get(BULK_ROWS)),
-                "",
-            ]
-        )
+        naive_bulk = _bulk(report, "naive", workers, "JSON")
+        for variant in BULK_VARIANTS["calibserve"]:
+            cal_bulk = _bulk(report, "calibserve", workers, variant.name)
+            ratio_rows.append(
+                [
+                    f"bulk instances/s ({variant.name}), {workers}w",
+                    TITLES["naive"] + " (JSON)",
+                    _ratio(_ips(cal_bulk), _ips(naive_bulk)),
+                    _ratio_range(cal_bulk, naive_bulk, per_instance=True),
+                ]
+            )
+            ratio_rows.append(
+                [
+                    f"bulk instances/s ({variant.name}), {workers}w",
+                    f"onnxruntime alone, batch {BULK_ROWS} rows/s",
+                    _ratio(_ips(cal_bulk), report.ort_rows_per_s.get(BULK_ROWS)),
+                    "",
+                ]
+            )
     out += _table(
         ["measure", "peer", "calibserve / peer (best runs)", "over all run pairings"], ratio_rows, left=(0, 1)
     )
@@ -776,9 +911,9 @@ def calibserve_logged_rows(data_dir: Path | None) -> int | None:
         return int(db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
 
 
-def bench_server(name: str, workers: int, report: Report, bodies: tuple[Path, Path], tmp: Path) -> None:
+def bench_server(name: str, workers: int, report: Report, bodies: dict[str, Path], tmp: Path) -> None:
     profile = report.profile
-    single, bulk = bodies
+    single = bodies["single"]
     port = free_port()
     spec = server_spec(name, workers, port, tmp)
     print(f"\n== {TITLES[name]}, {workers} worker(s): {spec.describe()}", flush=True)
@@ -802,25 +937,26 @@ def bench_server(name: str, workers: int, report: Report, bodies: tuple[Path, Pa
                 + (f"  other run {result.other_rps[0]:,.0f} req/s" if result.other_rps else ""),
                 flush=True,
             )
-        if name in BULK_SERVERS:
-            check_answer(server, bulk, BULK_ROWS)
+        for variant in BULK_VARIANTS.get(name, ()):
+            bulk = bodies[variant.body]
+            check_answer(server, bulk, BULK_ROWS, variant)
             served_instances += BULK_ROWS
             repeats = 2 if BULK_CONCURRENCY in profile.repeats_at else 1
             result, served = load(
-                server, bulk, BULK_ROWS, BULK_CONCURRENCY, profile.bulk_duration_s, profile.warmup_s, repeats
+                server, bulk, BULK_ROWS, BULK_CONCURRENCY, profile.bulk_duration_s, profile.warmup_s, repeats, variant
             )
             served_instances += served * BULK_ROWS
             in_flight_bound += BULK_CONCURRENCY * BULK_ROWS * (repeats + (1 if profile.warmup_s else 0))
             report.bulk.append(result)
             print(
-                f"   bulk c={BULK_CONCURRENCY} {result.rps:>7,.1f} req/s = {result.instances_per_s:>9,.0f} "
-                f"instances/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}  "
-                f"conns {'+'.join(map(str, result.connections))}"
+                f"   bulk {variant.name} c={BULK_CONCURRENCY} {result.rps:>7,.1f} req/s = "
+                f"{result.instances_per_s:>9,.0f} instances/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+                f"  errors {result.errors}  conns {'+'.join(map(str, result.connections))}"
                 + (f"  other run {result.other_rps[0] * BULK_ROWS:,.0f} instances/s" if result.other_rps else ""),
                 flush=True,
             )
     print(f"   stopped in {server.stop_s:.2f} s", flush=True)
-    if name == "calibserve":
+    if name.startswith("calibserve"):
         logged = calibserve_logged_rows(spec.data_dir)
         if logged is None:
             verdict = "no prediction log found"
@@ -832,7 +968,7 @@ def bench_server(name: str, workers: int, report: Report, bodies: tuple[Path, Pa
         else:
             verdict = f"but {logged:,} rows in its prediction log after a graceful stop: rows missing or extra"
         report.notes.append(
-            f"calibserve {workers}w: {served_instances:,} predictions counted by wrk as 2xx; {verdict}."
+            f"{TITLES[name]} {workers}w: {served_instances:,} predictions counted by wrk as 2xx; {verdict}."
         )
 
 

@@ -1,4 +1,5 @@
--- wrk script: POST the JSON body read from $BENCH_BODY_FILE to the URL given on the command line,
+-- wrk script: POST the body read from $BENCH_BODY_FILE (Content-Type $BENCH_CONTENT_TYPE, default JSON;
+-- Accept $BENCH_ACCEPT if set) to the URL given on the command line,
 -- and print one machine-readable line (prefix BENCH_JSON) with counts, errors and latency percentiles (us).
 -- wrk counts a response with status >= 400 in errors.status; socket errors are connect/read/write/timeout.
 
@@ -7,7 +8,11 @@ local file = assert(io.open(path, "rb"), "cannot open BENCH_BODY_FILE: " .. tost
 wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "application/json"
+local accept = os.getenv("BENCH_ACCEPT")
+if accept then
+  wrk.headers["Accept"] = accept
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
