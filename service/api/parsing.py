@@ -29,7 +29,7 @@ from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge
 from service.inference.features import as_float32
 
 NPY_MEDIA_TYPE = "application/x-npy"
-NPY_DTYPES = "float32, float64 or an integer type"
+NPY_DTYPES = "a float (float16, float32, float64) or an integer type"
 _QUERY_OPTIONS = ("coverage", "top_k", "include_logits", "model")
 
 
@@ -70,13 +70,11 @@ def _slow_parse(body: bytes) -> PredictRequest:
     if not body.strip():
         raise MalformedRequest("request body is required: a JSON object with 'instances'", {"field": "body"})
     try:
-        text = body.decode("utf-8")
+        value = json.loads(body)  # bytes: UTF-8 (with or without a BOM), UTF-16 and UTF-32, as RFC 8259 allows
     except UnicodeDecodeError as error:
         raise MalformedRequest(
             f"request body could not be decoded as JSON ({error.reason})", {"field": "body"}
         ) from None
-    try:
-        value = json.loads(text)
     except json.JSONDecodeError as error:
         raise MalformedRequest(f"request body is not valid JSON: {error.msg}", {"field": "body"}) from None
     except RecursionError:
@@ -102,12 +100,11 @@ def parse_npy(
     options = _query_options(query)
     if not body:
         raise MalformedRequest("request body is required: an .npy file of shape [N, F]", {"field": "body"})
+    _check_npy_header(body, max_instances)
     try:
         matrix = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise MalformedRequest(f"request body is not a valid .npy file: {error}", {"field": "body"}) from None
-    if not isinstance(matrix, np.ndarray):
-        raise MalformedRequest("request body is an .npz archive; send a single .npy array", {"field": "body"})
     if matrix.dtype.kind not in "fiu" or matrix.dtype.itemsize > 8:
         raise InvalidInput(
             f"features must be {NPY_DTYPES}, got dtype {matrix.dtype}", {"field": "body", "dtype": str(matrix.dtype)}
@@ -119,6 +116,35 @@ def parse_npy(
         )
     check_instance_count(matrix.shape[0], max_instances)
     return options, as_float32(np.asarray(matrix, dtype=np.float64), feature_names)
+
+
+def _check_npy_header(body: bytes, max_instances: int) -> None:
+    """Shape, dtype and size from the header alone, before ``np.load`` allocates what the header declares
+    (a 200-byte body can declare a terabyte). The data must be exactly as long as the header says."""
+    if body.startswith(b"PK\x03\x04"):
+        raise MalformedRequest("request body is an .npz archive; send a single .npy array", {"field": "body"})
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as error:
+        raise MalformedRequest(f"request body is not a valid .npy file: {error}", {"field": "body"}) from None
+    if dtype.hasobject:
+        raise MalformedRequest("request body is an .npy of Python objects (a pickle); send numbers", {"field": "body"})
+    if len(shape) >= 1:
+        check_instance_count(int(shape[0]), max_instances)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(body) - stream.tell() != expected:
+        raise MalformedRequest(
+            f"request body is not a valid .npy file: the header declares {list(shape)} {dtype} ({expected} bytes of "
+            f"data), the body carries {len(body) - stream.tell()}",
+            {"field": "body"},
+        )
 
 
 def _query_options(query: dict[str, str]) -> PredictOptions:
@@ -136,7 +162,7 @@ def _query_options(query: dict[str, str]) -> PredictOptions:
         raise InvalidInput(f"coverage must be finite, got {query['coverage']!r}", {"field": "coverage"})
     top_k: int | None = None
     if "top_k" in query:
-        if not query["top_k"].isdigit() or int(query["top_k"]) < 1:
+        if not (query["top_k"].isascii() and query["top_k"].isdigit()) or int(query["top_k"]) < 1:
             raise InvalidInput(f"top_k must be an integer >= 1, got {query['top_k']!r}", {"field": "top_k"})
         top_k = int(query["top_k"])
     flag = query.get("include_logits", "false").lower()

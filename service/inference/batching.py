@@ -17,7 +17,6 @@ Generic over the job and result types and free of HTTP, so the same batcher serv
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ class MicroBatcher(Generic[Job, Result]):
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._queue: asyncio.Queue[_Pending[Job, Result]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending[Job, Result] | None] = asyncio.Queue()  # None: stop
         self._collector: asyncio.Task[None] | None = None
         self._closed = False
         self.batches = 0  # counters for tests and the benchmark: how much coalescing happened
@@ -83,35 +82,47 @@ class MicroBatcher(Generic[Job, Result]):
         return await future
 
     async def close(self) -> None:
-        """Stop collecting; jobs still queued fail with 503 (graceful shutdown has drained the requests)."""
+        """Stop: the batch being gathered or run is finished and answered; jobs still queued behind it
+        fail with 503 (uvicorn's graceful shutdown has already drained the requests, so normally none)."""
         self._closed = True
         if self._collector is not None:
-            self._collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._collector
+            self._queue.put_nowait(None)
+            await asyncio.shield(self._collector)
+        self._fail_queued()
+        self._executor.shutdown(wait=True)
+
+    def _fail_queued(self) -> None:
         while not self._queue.empty():
             pending = self._queue.get_nowait()
-            if not pending.future.done():
+            if pending is not None and not pending.future.done():
                 pending.future.set_exception(ModelNotReady("the server is shutting down", {"retry": True}))
-        self._executor.shutdown(wait=True)
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         carried: _Pending[Job, Result] | None = None
-        while True:
+        stopping = False
+        while not stopping:
             first = carried if carried is not None else await self._queue.get()
-            batch, carried = await self._gather(first, loop)
+            if first is None:
+                return
+            batch, carried, stopping = await self._gather(first, loop)
             live = [pending for pending in batch if not pending.future.done()]
             if live:
                 await self._run(live, loop)
+        if carried is not None:
+            self._queue.put_nowait(carried)  # answered by close(), like the rest of the queue
 
     async def _gather(
         self, first: _Pending[Job, Result], loop: asyncio.AbstractEventLoop
-    ) -> tuple[list[_Pending[Job, Result]], _Pending[Job, Result] | None]:
-        """``first`` plus what else fits: queued jobs now, then arrivals until ``max_wait_s`` has passed."""
+    ) -> tuple[list[_Pending[Job, Result]], _Pending[Job, Result] | None, bool]:
+        """``first`` plus what else fits: queued jobs now, then arrivals until ``max_wait_s`` has passed.
+
+        Returns the batch, the job that did not fit (it starts the next batch) and whether ``close`` asked
+        to stop (the batch is still run)."""
         batch, rows = [first], first.rows
         deadline = loop.time() + self.max_wait_s
         while rows < self.max_rows:
+            pending: _Pending[Job, Result] | None
             if self._queue.empty():
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -123,11 +134,13 @@ class MicroBatcher(Generic[Job, Result]):
                     break
             else:
                 pending = self._queue.get_nowait()
+            if pending is None:
+                return batch, None, True
             if rows + pending.rows > self.max_rows:
-                return batch, pending  # it starts the next batch
+                return batch, pending, False
             batch.append(pending)
             rows += pending.rows
-        return batch, None
+        return batch, None, False
 
     async def _run(self, batch: list[_Pending[Job, Result]], loop: asyncio.AbstractEventLoop) -> None:
         self.batches += 1
