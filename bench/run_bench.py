@@ -9,14 +9,16 @@ to its main process, then SIGKILL to whatever is left of its process tree):
 2. ``naive``: FastAPI, pydantic body ``{"instances": list[list[float]]}``, a plain ``def`` handler running
    onnxruntime (1 intra-op thread) per request, answering label / confidence / probabilities per instance;
 3. ``litserve``: LitServe with dynamic batching (max_batch_size 32, batch_timeout 2 ms) on the same ONNX;
-4. ``calibserve``: ``calibserve serve`` as it is, prediction logging on, data dir in a temporary directory.
+4. ``calibserve``: ``calibserve serve``, prediction logging on, data dir in a temporary directory; (4a) with
+   micro-batching off (``CALIBSERVE_BATCH_MAX_ROWS=1``), (4b) as it is.
 
 Each runs with 1 and with 2 workers: ``uvicorn --workers N`` for 1 and 2, ``CALIBSERVE_WORKERS=N`` for 4,
 ``workers_per_device=N`` plus ``num_api_servers=N`` for 3. Every server logs at level warning (no access
 log). Load: wrk (1 thread, keep-alive) POSTing ``{"instances": [load_digits().data[0]]}`` through
 bench/wrk/post_json.lua at each concurrency (a warm-up run first, discarded); server RSS is the sum of
 VmRSS over the server's process tree read from /proc near the end of each measured run. Also: 1000-instance
-requests at concurrency 4 for naive and calibserve, onnxruntime alone in this process (rows/s for batches
+requests at concurrency 4 for naive and calibserve (JSON, and for calibserve also the binary path: an
+.npy body answered as .npz), onnxruntime alone in this process (rows/s for batches
 of 1, 256 and 1000, best of several repeats), and the time from spawn to the first 200 of the ready path.
 Prints the tables and writes them to bench/RESULTS.md. Figures only, no assertions: the load generator
 shares this machine's cores with the server, so compare servers with each other, not with other machines.
@@ -814,8 +816,11 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
         f"CPU device plus `num_api_servers=N` HTTP server processes, `max_batch_size={LITSERVE_MAX_BATCH}`, "
         f"`batch_timeout={LITSERVE_BATCH_TIMEOUT_S}` s, default queues (fast_queue off); (4) `CALIBSERVE_WORKERS=N`. "
         "All model servers run onnxruntime with 1 intra-op thread. All log at level warning (no access log).",
-        "- calibserve: `CALIBSERVE_LOG_PREDICTIONS=true`, `CALIBSERVE_DATA_DIR` in a fresh temporary directory per "
-        "worker count, everything else default.",
+        "- calibserve: `CALIBSERVE_LOG_PREDICTIONS=true` (every prediction is written to its SQLite log), "
+        "`CALIBSERVE_DATA_DIR` in a fresh temporary directory per server and worker count, everything else default; "
+        "(4a) adds `CALIBSERVE_BATCH_MAX_ROWS=1` (micro-batching off: one onnxruntime call per request).",
+        f"- Binary bulk path: the same {BULK_ROWS} rows as a float32 `.npy` body (`Content-Type: application/x-npy`), "
+        "answered as `.npz` (`Accept: application/x-npz`) with every field of the JSON answer.",
         "- Start to ready: from spawning the process until the first 200 from its ready path "
         "(`/health/ready`; LitServe: `/health`), polled every 10 ms.",
         "- The machine is shared and noisy and wrk shares its cores with the server: differences under ~10% are "

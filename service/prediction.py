@@ -21,6 +21,9 @@ from service.inference.engine import BatchPrediction, InferenceEngine
 from service.monitoring.monitor import Monitor
 
 Job = tuple[NDArray[np.float32], float]  # (features [N, F], conformal coverage)
+# Batches of many small requests get their Python values made once, on the inference thread; a big
+# request makes its own only if its answer is JSON (an .npz answer needs none).
+EAGER_VALUES_ROWS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +63,10 @@ class Predictor:
         )
         scored: dict[int, Scored] = {}
         start = 0
+        small = sum(len(outcome) for _, outcome in done) <= EAGER_VALUES_ROWS
         for i, outcome in done:
-            outcome.values()  # here, on the inference thread, once for the whole batch
+            if small:
+                outcome.values()  # here, on the inference thread, once for the whole batch
             scored[i] = Scored(outcome, ids[start : start + len(outcome)])
             start += len(outcome)
         return [scored[i] if isinstance(outcome, BatchPrediction) else outcome for i, outcome in enumerate(outcomes)]

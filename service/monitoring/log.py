@@ -20,7 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,9 +52,10 @@ CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
 """
 
 
-@dataclass(frozen=True, slots=True)
-class PredictionRecord:
-    """One logged prediction; probabilities (and features, if logged) as float32 bytes."""
+class PredictionRecord(NamedTuple):
+    """One logged prediction; probabilities (and features, if logged) as float32 bytes.
+
+    A tuple, in the table's column order, so that ``executemany`` takes the rows as they are."""
 
     id: str
     ts: float
@@ -268,13 +269,7 @@ class PredictionLog:
     def _commit(self, connection: sqlite3.Connection, batch: list[PredictionRecord]) -> None:
         try:
             connection.execute("BEGIN IMMEDIATE")
-            connection.executemany(
-                "INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (r.id, r.ts, r.model_version, r.class_index, r.confidence, r.probabilities, r.features)
-                    for r in batch
-                ],
-            )
+            connection.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
             connection.execute("COMMIT")
             with self._counter_lock:
                 self._written += len(batch)
