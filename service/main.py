@@ -19,7 +19,7 @@ from service.api.errors import install_error_handlers
 from service.api.middleware import BodyGuard
 from service.api.openapi import install_model_openapi
 from service.api.parsing import NPY_MEDIA_TYPE
-from service.api.routes import feedback, health, models, predict
+from service.api.routes import feedback, health, models, predict, v2
 from service.inference.artifact import load_artifact
 from service.inference.engine import InferenceEngine
 from service.monitoring.monitor import Monitor
@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, binary_routes={NPY_MEDIA_TYPE: ("/predict",)})
     app.add_middleware(RequestMetrics)
-    for module in (predict, feedback, models, health):
+    for module in (predict, feedback, models, health, v2):
         app.include_router(module.router)
     install_model_openapi(app, lambda: app.state.engine.card if app.state.engine else None, settings.max_instances)
     return app

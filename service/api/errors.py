@@ -96,12 +96,27 @@ def invalid_request(errors: Sequence[Any]) -> ServiceError:
     return InvalidInput(shown + more, {"errors": problems[:50]})
 
 
+V2_PREFIX = "/v2"
+
+
+def is_v2(path: str) -> bool:
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def v2_error_response(status: int, message: str) -> JSONResponse:
+    """The Open Inference Protocol's error shape; its clients read ``error`` as a string. A request the
+    service calls unprocessable (422) is a bad request (400) there."""
+    return JSONResponse({"error": message}, status_code=400 if status == 422 else status)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         status = status_for(exc)
         if status >= 500:
             logger.error("%s: %s", type(exc).__name__, exc.message)
+        if is_v2(request.url.path):
+            return v2_error_response(status, exc.message)
         response = error_response(status, error_type(exc), exc.message, exc.details)
         if status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -122,11 +137,16 @@ def install_error_handlers(app: FastAPI) -> None:
                 MalformedRequest(f"request body could not be decoded as JSON ({exc.detail})", {"field": "body"}),
             )
         kinds = {404: "not_found", 405: "method_not_allowed"}
-        response = error_response(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
+        if is_v2(request.url.path):
+            response = v2_error_response(exc.status_code, str(exc.detail))
+        else:
+            response = error_response(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        if is_v2(request.url.path):
+            return v2_error_response(500, "internal server error")
         return error_response(500, "internal_error", "internal server error")

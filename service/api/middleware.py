@@ -35,8 +35,13 @@ def too_large_message(limit: int) -> str:
     return f"request body exceeds {limit} bytes (CALIBSERVE_MAX_BODY_BYTES)"
 
 
-async def _send_error(send: Send, status: int, kind: str, message: str, details: dict[str, Any]) -> None:
-    body = json.dumps({"error": {"type": kind, "message": message, "details": details}}).encode()
+async def _send_error(
+    send: Send, status: int, kind: str, message: str, details: dict[str, Any], path: str = ""
+) -> None:
+    if path == "/v2" or path.startswith("/v2/"):  # the Open Inference Protocol's error shape
+        body = json.dumps({"error": message}).encode()
+    else:
+        body = json.dumps({"error": {"type": kind, "message": message, "details": details}}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -88,7 +93,10 @@ class BodyGuard:
         length = headers.get("content-length")
         has_body = "transfer-encoding" in headers or (length is not None and length.strip() not in ("", "0"))
         content_type = headers.get("content-type")
-        if (content_type is not None or has_body) and not self._accepts(content_type or "", scope["path"]):
+        # The binary tensor extension of /v2 has no media type of its own (Triton's client sends none): the
+        # route reads Inference-Header-Content-Length instead.
+        v2 = scope["path"].startswith("/v2/")
+        if not v2 and (content_type is not None or has_body) and not self._accepts(content_type or "", scope["path"]):
             await _send_error(
                 send,
                 415,
@@ -99,7 +107,7 @@ class BodyGuard:
             )
             return
         if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
-            await self._too_large(send, int(length))
+            await self._too_large(send, int(length), scope["path"])
             return
         received = 0
         response_started = False
@@ -123,13 +131,14 @@ class BodyGuard:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not response_started:
-                await self._too_large(send, received)
+                await self._too_large(send, received, scope["path"])
 
-    async def _too_large(self, send: Send, size: int) -> None:
+    async def _too_large(self, send: Send, size: int, path: str) -> None:
         await _send_error(
             send,
             413,
             "payload_too_large",
             too_large_message(self.max_body_bytes),
             {"limit_bytes": self.max_body_bytes, "received_at_least": size},
+            path,
         )

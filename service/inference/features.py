@@ -66,7 +66,9 @@ def _named_row(i: int, row: Mapping[str, float], index: dict[str, int] | None, n
     return values
 
 
-def as_float32(matrix: NDArray[np.float64], feature_names: Sequence[str] | None) -> NDArray[np.float32]:
+def as_float32(
+    matrix: NDArray[np.float64], feature_names: Sequence[str] | None, field: str = "instances"
+) -> NDArray[np.float32]:
     """float64 values beyond float32's range would silently become inf inside the graph: refuse them.
 
     The bound is checked in float64, before the cast, so it is exactly the ``maximum`` the OpenAPI
@@ -77,8 +79,8 @@ def as_float32(matrix: NDArray[np.float64], feature_names: Sequence[str] | None)
         row, column = (int(v) for v in np.argwhere(outside)[0])
         name = f" ({feature_names[column]!r})" if feature_names is not None else ""
         raise InvalidInput(
-            f"instances[{row}][{column}]{name} = {float(matrix[row, column])!r} is not a finite float32 "
+            f"{field}[{row}][{column}]{name} = {float(matrix[row, column])!r} is not a finite float32 "
             f"(|x| must be at most {FLOAT32_MAX:.7g})",
-            {"field": f"instances[{row}][{column}]", "feature": feature_names[column] if feature_names else None},
+            {"field": f"{field}[{row}][{column}]", "feature": feature_names[column] if feature_names else None},
         )
     return matrix.astype(np.float32)

@@ -1,0 +1,368 @@
+"""Open Inference Protocol (KServe V2) codec: infer request bytes -> features, predictions -> response bytes.
+
+Pure translation, no HTTP framework: the /v2 routes hand it bodies and headers, the shared predictor does
+the work. Both the JSON form and the binary tensor data extension are handled: with an
+``Inference-Header-Content-Length`` header the body is that many bytes of JSON followed by the raw tensors
+(little-endian, row-major; BYTES elements as a 4-byte length and the bytes), in the order of the inputs
+that declare ``binary_data_size``. References: the KServe "Open Inference Protocol" REST specification and
+its "Binary Tensor Data Extension" (the same documents Triton and MLServer implement).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+from numpy.typing import NDArray
+
+from service import __version__
+from service.api.parsing import check_instance_count
+from service.calibration.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT
+from service.errors import InvalidInput, MalformedRequest
+from service.inference.engine import BatchPrediction, InferenceEngine
+from service.inference.features import as_float32
+
+PLATFORM = "onnx_onnxv1"
+HEADER_LENGTH = "inference-header-content-length"
+EXTENSIONS = ("binary_tensor_data",)
+# Tensor datatypes accepted for the features input, as little-endian numpy dtypes.
+INPUT_DTYPES = {
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+}
+# Outputs a request may ask for: name -> (datatype, per-row shape is [K] (True) or scalar (False)).
+OUTPUTS: dict[str, tuple[str, bool]] = {
+    PROBABILITIES_OUTPUT: ("FP32", True),
+    LOGITS_OUTPUT: ("FP32", True),
+    "label": ("BYTES", False),
+    "confidence": ("FP32", False),
+    "prediction_set": ("BYTES", False),
+    "expected_accuracy": ("FP32", False),
+    "prediction_id": ("BYTES", False),
+}
+DEFAULT_OUTPUTS = (PROBABILITIES_OUTPUT, "label", "confidence")
+PREDICTION_SET_SEPARATOR = ","
+
+
+class _Input(msgspec.Struct):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: msgspec.Raw = msgspec.Raw()  # absent: empty (msgspec cannot put Raw in a union)
+    parameters: dict[str, Any] | None = None
+
+
+class _Output(msgspec.Struct):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class _Header(msgspec.Struct):
+    inputs: list[_Input]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[_Output] | None = None
+
+
+_HEADER = msgspec.json.Decoder(_Header)
+_FLAT_FLOATS = msgspec.json.Decoder(list[float])
+_NESTED_FLOATS = msgspec.json.Decoder(list[list[float]])
+_FLAT_INTS = msgspec.json.Decoder(list[int])
+_NESTED_INTS = msgspec.json.Decoder(list[list[int]])
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    id: str | None
+    features: NDArray[np.float32]
+    outputs: tuple[tuple[str, bool], ...]  # (name, as binary)
+    coverage: float | None  # calibserve's extension parameter; None: the card's default level
+
+
+# -- requests ------------------------------------------------------------------------------------------
+
+
+def parse_infer(
+    body: bytes,
+    header_length: str | None,
+    n_features: int,
+    feature_names: Sequence[str] | None,
+    max_instances: int,
+) -> InferRequest:
+    json_part, binary = _split(body, header_length)
+    try:
+        header = _HEADER.decode(json_part)
+    except msgspec.ValidationError as error:
+        raise MalformedRequest(f"invalid inference request: {error}", {"field": "body"}) from None
+    except msgspec.DecodeError as error:
+        raise MalformedRequest(f"inference request is not valid JSON: {error}", {"field": "body"}) from None
+    parameters = header.parameters or {}
+    features = _features(header.inputs, binary, n_features, feature_names, max_instances)
+    return InferRequest(header.id, features, _requested_outputs(header.outputs, parameters), _coverage(parameters))
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if not body:
+        raise MalformedRequest("request body is required: an inference request", {"field": "body"})
+    if header_length is None:
+        return body, b""
+    if not (header_length.isascii() and header_length.strip().isdigit()):
+        raise MalformedRequest(f"Inference-Header-Content-Length must be a byte count, got {header_length!r}")
+    length = int(header_length)
+    if length > len(body):
+        raise MalformedRequest(
+            f"Inference-Header-Content-Length is {length}, but the body has only {len(body)} bytes",
+            {"field": "Inference-Header-Content-Length"},
+        )
+    return body[:length], body[length:]
+
+
+def _features(
+    inputs: list[_Input],
+    binary: bytes,
+    n_features: int,
+    feature_names: Sequence[str] | None,
+    max_instances: int,
+) -> NDArray[np.float32]:
+    names = [tensor.name for tensor in inputs]
+    if names != [INPUT_NAME]:
+        unknown = sorted(set(names) - {INPUT_NAME})
+        problem = f"unknown input(s) {', '.join(map(repr, unknown))}" if unknown else f"inputs {names!r}"
+        raise InvalidInput(f"{problem}: this model takes exactly one input, {INPUT_NAME!r} [-1, {n_features}]")
+    tensor = inputs[0]
+    dtype = _input_dtype(tensor.datatype)
+    if len(tensor.shape) != 2 or tensor.shape[1] != n_features or tensor.shape[0] < 1:
+        raise InvalidInput(f"input {INPUT_NAME!r} must have shape [N, {n_features}] with N >= 1, got {tensor.shape}")
+    check_instance_count(tensor.shape[0], max_instances)
+    count = tensor.shape[0] * tensor.shape[1]
+    values = _binary_values(tensor, binary, dtype, count) if _binary_size(tensor) is not None else None
+    if values is None:
+        if binary:
+            raise MalformedRequest(f"{len(binary)} bytes of binary data follow the JSON, but no input declares them")
+        values = _json_values(tensor, dtype, count)
+    matrix = values.reshape(tensor.shape[0], tensor.shape[1])
+    if dtype.kind in "iu":
+        _check_exact(matrix)
+    return as_float32(np.asarray(matrix, dtype=np.float64), feature_names, field=INPUT_NAME)
+
+
+def _input_dtype(datatype: str) -> np.dtype[Any]:
+    if datatype not in INPUT_DTYPES:
+        raise InvalidInput(
+            f"datatype {datatype!r} is not accepted for input {INPUT_NAME!r}; use one of {', '.join(INPUT_DTYPES)}",
+            {"field": "datatype"},
+        )
+    return np.dtype(INPUT_DTYPES[datatype])
+
+
+def _binary_size(tensor: _Input) -> int | None:
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise MalformedRequest(f"binary_data_size of input {tensor.name!r} must be a byte count, got {size!r}")
+    return size
+
+
+def _binary_values(tensor: _Input, binary: bytes, dtype: np.dtype[Any], count: int) -> NDArray[Any]:
+    size = _binary_size(tensor)
+    expected = count * dtype.itemsize
+    if size != expected:
+        raise InvalidInput(
+            f"input {INPUT_NAME!r} declares binary_data_size {size}, but shape {tensor.shape} of "
+            f"{tensor.datatype} takes {expected} bytes"
+        )
+    if len(tensor.data):
+        raise MalformedRequest(f"input {INPUT_NAME!r} has both binary_data_size and data; send one")
+    if len(binary) != expected:
+        raise MalformedRequest(
+            f"the body carries {len(binary)} bytes after the JSON, but the inputs declare {expected}",
+            {"field": "body"},
+        )
+    return np.frombuffer(binary, dtype=dtype, count=count)
+
+
+def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[Any]:
+    if not len(tensor.data):
+        raise InvalidInput(f"input {INPUT_NAME!r} has neither data nor binary_data_size")
+    integral = dtype.kind in "iu"
+    kind = "integers" if integral else "numbers"
+    decoders = (_FLAT_INTS, _NESTED_INTS) if integral else (_FLAT_FLOATS, _NESTED_FLOATS)
+    for decoder in decoders:
+        try:
+            rows = decoder.decode(tensor.data)
+        except msgspec.ValidationError:
+            continue
+        try:
+            values = np.asarray(rows, dtype=np.int64 if integral else np.float64).ravel()
+        except (ValueError, OverflowError):
+            break  # ragged rows, or integers beyond int64
+        if len(values) != count:
+            raise InvalidInput(
+                f"input {INPUT_NAME!r} has {len(values)} values, but shape {tensor.shape} needs {count}",
+                {"field": "data"},
+            )
+        return values
+    raise InvalidInput(
+        f"input {INPUT_NAME!r} data must be {kind} ({tensor.datatype}) in a flat or row-nested list, row-major",
+        {"field": "data"},
+    )
+
+
+def _check_exact(matrix: NDArray[Any]) -> None:
+    """Integer inputs are accepted where float32 holds them exactly (the graph computes in float32)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        inexact = matrix.astype(np.float32).astype(matrix.dtype) != matrix
+    if inexact.any():
+        row, column = (int(v) for v in np.argwhere(inexact)[0])
+        raise InvalidInput(
+            f"{INPUT_NAME}[{row}][{column}] = {int(matrix[row, column])} has no exact float32 value; "
+            "send it as FP32 or FP64 if rounding is acceptable",
+            {"field": f"{INPUT_NAME}[{row}][{column}]"},
+        )
+
+
+def _requested_outputs(outputs: list[_Output] | None, parameters: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
+    all_binary = _flag(parameters, "binary_data_output")
+    if not outputs:
+        return tuple((name, all_binary) for name in DEFAULT_OUTPUTS)
+    unknown = [output.name for output in outputs if output.name not in OUTPUTS]
+    if unknown:
+        raise InvalidInput(
+            f"unknown output(s) {', '.join(map(repr, unknown))}; this model has {', '.join(OUTPUTS)}",
+            {"field": "outputs"},
+        )
+    requested = []
+    for output in outputs:
+        own = output.parameters or {}
+        binary = _flag(own, "binary_data") if "binary_data" in own else all_binary
+        requested.append((output.name, binary))
+    return tuple(requested)
+
+
+def _flag(parameters: dict[str, Any], name: str) -> bool:
+    value = parameters.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"parameter {name!r} must be true or false, got {value!r}", {"field": name})
+    return value
+
+
+def _coverage(parameters: dict[str, Any]) -> float | None:
+    value = parameters.get("coverage")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"parameter 'coverage' must be a number, got {value!r}", {"field": "coverage"})
+    return float(value)
+
+
+# -- responses -----------------------------------------------------------------------------------------
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "calibserve", "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(engine: InferenceEngine) -> dict[str, Any]:
+    card = engine.card
+    return {
+        "name": card.name,
+        "versions": [card.version],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, card.io.n_features]}],
+        "outputs": [
+            {"name": name, "datatype": datatype, "shape": [-1, card.n_classes] if per_class else [-1]}
+            for name, (datatype, per_class) in OUTPUTS.items()
+        ],
+    }
+
+
+def calibration_parameters(engine: InferenceEngine, coverage: float) -> dict[str, Any]:
+    """The trust metadata of every answer, as the protocol's scalar parameters."""
+    card = engine.card
+    after = card.test.after_temperature
+    return {
+        "model_version": card.version,
+        "temperature": card.temperature.value,
+        "label_smoothing": card.training.label_smoothing,
+        "ece": after.ece.value,
+        "ece_lower": after.ece.lower,
+        "ece_upper": after.ece.upper,
+        "ece_n": after.ece.n,
+        "ece_noise_floor": after.ece_noise_floor.mean,
+        "coverage": coverage,
+        "abstain_threshold": engine.abstain_threshold,
+    }
+
+
+def encode_infer_response(
+    engine: InferenceEngine,
+    request: InferRequest,
+    prediction: BatchPrediction,
+    ids: list[str],
+    coverage: float,
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary tensors follow it."""
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, binary in request.outputs:
+        datatype, _ = OUTPUTS[name]
+        values = _output_values(engine, name, prediction, ids)
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(np.shape(values))}
+        if binary:
+            raw = _bytes_tensor(values) if datatype == "BYTES" else np.ascontiguousarray(values, "<f4").tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = values if datatype == "BYTES" else values.ravel().tolist()
+        outputs.append(tensor)
+    response: dict[str, Any] = {"model_name": engine.card.name, "model_version": engine.card.version}
+    if request.id is not None:
+        response["id"] = request.id
+    response["parameters"] = calibration_parameters(engine, coverage)
+    response["outputs"] = outputs
+    header = msgspec.json.encode(response)
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)
+
+
+def _output_values(engine: InferenceEngine, name: str, prediction: BatchPrediction, ids: list[str]) -> Any:
+    if name == PROBABILITIES_OUTPUT:
+        return prediction.probabilities.astype(np.float32)
+    if name == LOGITS_OUTPUT:
+        return prediction.logits.astype(np.float32)
+    if name == "confidence":
+        return prediction.confidence.astype(np.float32)
+    if name == "expected_accuracy":
+        accuracy = np.array([np.nan if band.accuracy is None else band.accuracy for band in engine.bands])
+        return accuracy[prediction.band_index].astype(np.float32)
+    classes: list[str] = list(engine.card.classes)
+    if name == "label":
+        return [classes[index] for index in prediction.class_index.tolist()]
+    if name == "prediction_set":
+        return [PREDICTION_SET_SEPARATOR.join(classes[j] for j in row) for row in prediction.values().prediction_set]
+    return list(ids)  # prediction_id
+
+
+def _bytes_tensor(values: list[str]) -> bytes:
+    """BYTES elements, each a 4-byte little-endian length and the UTF-8 bytes (binary extension)."""
+    parts = []
+    for value in values:
+        encoded = value.encode()
+        parts.append(struct.pack("<I", len(encoded)))
+        parts.append(encoded)
+    return b"".join(parts)
