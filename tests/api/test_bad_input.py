@@ -212,7 +212,7 @@ def test_unknown_model_in_path_is_404(client: Client) -> None:
     assert "'nope'" in error["message"]
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/v2/predict"), ("POST", "/predict"), ("GET", "/")])
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v3/predict"), ("POST", "/predict"), ("GET", "/")])
 def test_unknown_route_is_404_with_the_error_shape(client: Client, method: str, path: str) -> None:
     error = error_of(client.request(method, path, json={} if method == "POST" else None), 404)
     assert error["type"] == "not_found"
