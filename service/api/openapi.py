@@ -44,6 +44,8 @@ def describe_model(schema: dict[str, Any], card: CalibrationCard, max_instances:
             for parameter in operation.get("parameters", []):
                 if parameter.get("name") == "name" and parameter.get("in") == "path":
                     parameter["schema"]["enum"] = [card.name]
+                if parameter.get("name") == "version" and parameter.get("in") == "path":
+                    parameter["schema"]["enum"] = [card.version]
     return schema
 
 
