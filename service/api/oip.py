@@ -215,11 +215,30 @@ def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[An
                 f"input {INPUT_NAME!r} has {len(values)} values, but shape {tensor.shape} needs {count}",
                 {"field": "data"},
             )
-        return values
+        return _as_declared(values, dtype, tensor.datatype, tensor.shape[1])
     raise InvalidInput(
         f"input {INPUT_NAME!r} data must be {kind} ({tensor.datatype}) in a flat or row-nested list, row-major",
         {"field": "data"},
     )
+
+
+def _as_declared(values: NDArray[Any], dtype: np.dtype[Any], datatype: str, width: int) -> NDArray[Any]:
+    """JSON numbers as the declared datatype, as the same tensor sent in binary would be: refused where
+    that type cannot hold them (UINT8 300, FP16 70000), rounded where it can (FP16 0.1)."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        outside = (values < info.min) | (values > info.max)
+    else:
+        with np.errstate(over="ignore"):
+            outside = np.isfinite(values) & ~np.isfinite(values.astype(dtype))
+    if outside.any():
+        row, column = divmod(int(np.argmax(outside)), width)
+        value = values[row * width + column].item()
+        raise InvalidInput(
+            f"{INPUT_NAME}[{row}][{column}] = {value!r} is outside the range of {datatype} ({dtype.name})",
+            {"field": f"{INPUT_NAME}[{row}][{column}]"},
+        )
+    return values.astype(dtype)
 
 
 def _check_exact(matrix: NDArray[Any]) -> None:
