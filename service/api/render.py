@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any
 
@@ -37,7 +38,7 @@ def render_predictions(
 ) -> list[dict[str, Any]]:
     """One dict per row from the batch's Python values; the loop only assembles."""
     classes: list[str] = list(engine.card.classes)
-    bands = band_dicts(engine)
+    bands = band_json(engine)
     values = batch.values()
     k = min(top_k, len(classes)) if top_k else 0
     top = np.argsort(-batch.probabilities, axis=1, kind="stable")[:, :k].tolist() if k else None
@@ -87,6 +88,19 @@ def band_dicts(engine: InferenceEngine) -> list[dict[str, Any]]:
         }
         for band in engine.bands
     ]
+
+
+@functools.lru_cache(maxsize=16)
+def band_json(engine: InferenceEngine) -> tuple[msgspec.Raw, ...]:
+    """Each accuracy band's ``expected_accuracy`` object, encoded once per engine: msgspec writes a
+    ``Raw`` verbatim, so a response embeds them without building the dicts again per row."""
+    return tuple(msgspec.Raw(encode_json(band)) for band in band_dicts(engine))
+
+
+@functools.lru_cache(maxsize=64)
+def model_summary_json(engine: InferenceEngine, coverage: float) -> msgspec.Raw:
+    """``model_summary`` encoded once per engine and coverage (it is the same in every response)."""
+    return msgspec.Raw(encode_json(model_summary(engine, coverage)))
 
 
 def encode_json(content: Any) -> bytes:

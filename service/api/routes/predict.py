@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from service.api.deps import require_model
 from service.api.parsing import NPY_MEDIA_TYPE, PredictOptions, check_instance_count, parse_json, parse_npy
-from service.api.render import encode_json, model_summary, render_npz, render_predictions
+from service.api.render import encode_json, model_summary, model_summary_json, render_npz, render_predictions
 from service.api.schemas import ErrorResponse, PredictResponse
 from service.errors import InvalidInput, ModelNotReady
 from service.inference.engine import InferenceEngine
@@ -90,12 +90,13 @@ async def _predict(request: Request, name: str | None) -> Response:
         coverage = _check_options(engine, options)  # unknown model or coverage: refused before looking at rows
         features = rows_to_matrix(rows, io.n_features, io.feature_names)
     scored = await predictor.predict(features, coverage)
-    model = model_summary(engine, coverage)
     if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
+        model = model_summary(engine, coverage)
         content = render_npz(engine, scored.prediction, scored.ids, options.include_logits, model)
         return Response(content, media_type=NPZ_MEDIA_TYPE)
     predictions = render_predictions(engine, scored.prediction, scored.ids, options.top_k, options.include_logits)
-    return Response(encode_json({"predictions": predictions, "model": model}), media_type="application/json")
+    body = encode_json({"predictions": predictions, "model": model_summary_json(engine, coverage)})
+    return Response(body, media_type="application/json")
 
 
 def _check_options(engine: InferenceEngine, options: PredictOptions) -> float:
