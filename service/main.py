@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.monitor = None
     app.state.predictor = None
     install_error_handlers(app)
+    app.add_middleware(predict.PredictShortcut, fastapi=app)  # added first: the innermost, inside the guards
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, binary_routes={NPY_MEDIA_TYPE: ("/predict",)})
     app.add_middleware(RequestMetrics)
     for module in (predict, feedback, models, health, v2):
