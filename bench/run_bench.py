@@ -247,6 +247,8 @@ def server_spec(name: str, workers: int, port: int, tmp: Path) -> ServerSpec:
             "CALIBSERVE_WORKERS": str(workers),
             "CALIBSERVE_DATA_DIR": str(data_dir),
             "CALIBSERVE_LOG_PREDICTIONS": "true",
+            # Keep every row: the harness counts them against wrk's answers (the default keeps 1,000,000).
+            "CALIBSERVE_RETENTION_ROWS": "1000000000",
             "CALIBSERVE_LOG_LEVEL": "warning",
             "CALIBSERVE_HOST": "127.0.0.1",
         }
@@ -817,6 +819,7 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
         f"`batch_timeout={LITSERVE_BATCH_TIMEOUT_S}` s, default queues (fast_queue off); (4) `CALIBSERVE_WORKERS=N`. "
         "All model servers run onnxruntime with 1 intra-op thread. All log at level warning (no access log).",
         "- calibserve: `CALIBSERVE_LOG_PREDICTIONS=true` (every prediction is written to its SQLite log), "
+        "`CALIBSERVE_RETENTION_ROWS=1000000000` (so the notes below can count every row), "
         "`CALIBSERVE_DATA_DIR` in a fresh temporary directory per server and worker count, everything else default; "
         "(4a) adds `CALIBSERVE_BATCH_MAX_ROWS=1` (micro-batching off: one onnxruntime call per request).",
         f"- Binary bulk path: the same {BULK_ROWS} rows as a float32 `.npy` body (`Content-Type: application/x-npy`), "
