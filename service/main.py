@@ -20,6 +20,7 @@ from service.api.middleware import BodyGuard
 from service.api.openapi import install_model_openapi
 from service.api.parsing import NPY_MEDIA_TYPE
 from service.api.routes import feedback, health, models, predict, v2
+from service.api.shortcut import HotRoutes
 from service.inference.artifact import load_artifact
 from service.inference.engine import InferenceEngine
 from service.monitoring.monitor import Monitor
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.monitor = None
     app.state.predictor = None
     install_error_handlers(app)
-    app.add_middleware(predict.PredictShortcut, fastapi=app)  # added first: the innermost, inside the guards
+    app.add_middleware(HotRoutes, fastapi=app)  # added first: the innermost, inside the guards
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, binary_routes={NPY_MEDIA_TYPE: ("/predict",)})
     app.add_middleware(RequestMetrics)
     for module in (predict, feedback, models, health, v2):

@@ -8,12 +8,10 @@ the predictor's micro-batches, off the event loop.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import require_model
 from service.api.parsing import NPY_MEDIA_TYPE, PredictOptions, check_instance_count, parse_json, parse_npy
@@ -58,7 +56,7 @@ REQUEST_BODY = {
 @router.post("/v1/predict", response_model=PredictResponse, responses=RESPONSES, openapi_extra=REQUEST_BODY)
 async def predict(request: Request) -> Response:
     """Predict each instance; probabilities are temperature-scaled, sets are split-conformal."""
-    return await _predict(request, None)
+    return await predict_response(request, None)
 
 
 @router.post(
@@ -66,10 +64,10 @@ async def predict(request: Request) -> Response:
 )
 async def predict_named(name: str, request: Request) -> Response:
     """Same as /v1/predict, for clients that address models by name."""
-    return await _predict(request, name)
+    return await predict_response(request, name)
 
 
-async def _predict(request: Request, name: str | None) -> Response:
+async def predict_response(request: Request, name: str | None) -> Response:
     predictor: Predictor | None = request.app.state.predictor
     if predictor is None:
         raise ModelNotReady("the model is not loaded yet", {"retry": True})
@@ -99,41 +97,6 @@ async def _predict(request: Request, name: str | None) -> Response:
     predictions = render_predictions(engine, scored.prediction, scored.ids, options.top_k, options.include_logits)
     body = encode_json({"predictions": predictions, "model": model_summary_json(engine, coverage)})
     return Response(body, media_type="application/json")
-
-
-class PredictShortcut:
-    """ASGI middleware that serves ``POST /v1/predict`` straight from ``_predict``.
-
-    The hot route skips FastAPI's router, dependency solver and exception middleware, about a fifth of a
-    single-instance request's time on one core (bench/RESULTS.md). Everything else is the same: the same
-    function answers, inside the same outer middlewares (body guard, request metrics), and errors go
-    through the app's own exception handlers (one status table). FastAPI still owns the route, for the
-    OpenAPI document and for any request this shortcut does not take.
-    """
-
-    def __init__(self, app: ASGIApp, fastapi: Any) -> None:
-        self.app = app
-        self.fastapi = fastapi
-        self.route = SimpleNamespace(path="/v1/predict")  # what the request metrics read from a matched route
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/predict" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        scope["app"] = self.fastapi
-        scope["route"] = self.route  # the request metrics label it as FastAPI would
-        request = Request(scope, receive)
-        try:
-            response = await _predict(request, None)
-        except Exception as error:
-            response = await self._handle(request, error)
-        await response(scope, receive, send)
-
-    async def _handle(self, request: Request, error: Exception) -> Response:
-        handlers = self.fastapi.exception_handlers
-        handler = next(handlers[cls] for cls in type(error).__mro__ if cls in handlers)
-        response: Response = await handler(request, error)
-        return response
 
 
 def _check_options(engine: InferenceEngine, options: PredictOptions) -> float:

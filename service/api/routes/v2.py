@@ -104,15 +104,15 @@ INFER_BODY = {
 async def infer(request: Request, name: str) -> Response:
     """Calibrated probabilities (and label, confidence, prediction_set, ...) with the card's figures in
     the response ``parameters``."""
-    return await _infer(request, name, None)
+    return await infer_response(request, name, None)
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer", responses=ERRORS, openapi_extra=INFER_BODY)
 async def infer_version(request: Request, name: str, version: str) -> Response:
-    return await _infer(request, name, version)
+    return await infer_response(request, name, version)
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
+async def infer_response(request: Request, name: str, version: str | None) -> Response:
     engine = _model(request, name, version)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
