@@ -7,6 +7,7 @@ from fastapi import Request
 from service.errors import ModelNotFound, ModelNotReady
 from service.inference.engine import InferenceEngine
 from service.monitoring.monitor import Monitor
+from service.prediction import Predictor
 from service.settings import Settings
 
 
@@ -20,6 +21,13 @@ async def get_engine(request: Request) -> InferenceEngine:
     if engine is None:
         raise ModelNotReady("the model is not loaded yet", {"retry": True})
     return engine
+
+
+def get_predictor(request: Request) -> Predictor:
+    predictor: Predictor | None = request.app.state.predictor
+    if predictor is None:
+        raise ModelNotReady("the model is not loaded yet", {"retry": True})
+    return predictor
 
 
 def require_model(engine: InferenceEngine, name: str | None) -> None:

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.middleware import BodyTooLarge
+from service.api.middleware import BodyTooLarge, is_v2
 from service.errors import (
     ArtifactError,
     ConfigurationError,
@@ -94,13 +94,6 @@ def invalid_request(errors: Sequence[Any]) -> ServiceError:
     shown = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:3])
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
     return InvalidInput(shown + more, {"errors": problems[:50]})
-
-
-V2_PREFIX = "/v2"
-
-
-def is_v2(path: str) -> bool:
-    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
 def v2_error_response(status: int, message: str) -> JSONResponse:

@@ -14,6 +14,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge
 
+V2_PREFIX = "/v2"
+
+
+def is_v2(path: str) -> bool:
+    """Paths of the Open Inference Protocol, which answer errors in its own shape."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
 _GUARDED_HEADERS = {b"content-length", b"content-type", b"transfer-encoding"}
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH", "POST", "PUT", "PATCH"}
 
@@ -38,7 +46,7 @@ def too_large_message(limit: int) -> str:
 async def _send_error(
     send: Send, status: int, kind: str, message: str, details: dict[str, Any], path: str = ""
 ) -> None:
-    if path == "/v2" or path.startswith("/v2/"):  # the Open Inference Protocol's error shape
+    if is_v2(path):
         body = json.dumps({"error": message}).encode()
     else:
         body = json.dumps({"error": {"type": kind, "message": message, "details": details}}).encode()
@@ -95,8 +103,11 @@ class BodyGuard:
         content_type = headers.get("content-type")
         # The binary tensor extension of /v2 has no media type of its own (Triton's client sends none): the
         # route reads Inference-Header-Content-Length instead.
-        v2 = scope["path"].startswith("/v2/")
-        if not v2 and (content_type is not None or has_body) and not self._accepts(content_type or "", scope["path"]):
+        if (
+            not is_v2(scope["path"])
+            and (content_type is not None or has_body)
+            and not self._accepts(content_type or "", scope["path"])
+        ):
             await _send_error(
                 send,
                 415,

@@ -13,14 +13,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.deps import require_model
+from service.api.deps import get_predictor, require_model
 from service.api.parsing import NPY_MEDIA_TYPE, PredictOptions, check_instance_count, parse_json, parse_npy
 from service.api.render import encode_json, model_summary, model_summary_json, render_npz, render_predictions
 from service.api.schemas import ErrorResponse, PredictResponse
-from service.errors import InvalidInput, ModelNotReady
+from service.errors import InvalidInput
 from service.inference.engine import InferenceEngine
 from service.inference.features import rows_to_matrix
-from service.prediction import Predictor
 
 router = APIRouter(tags=["predict"])
 NPZ_MEDIA_TYPE = "application/x-npz"
@@ -68,9 +67,7 @@ async def predict_named(name: str, request: Request) -> Response:
 
 
 async def predict_response(request: Request, name: str | None) -> Response:
-    predictor: Predictor | None = request.app.state.predictor
-    if predictor is None:
-        raise ModelNotReady("the model is not loaded yet", {"retry": True})
+    predictor = get_predictor(request)
     engine = predictor.engine
     require_model(engine, name)
     max_instances: int = request.app.state.settings.max_instances

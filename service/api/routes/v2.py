@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.deps import require_model
+from service.api.deps import get_predictor, require_model
 from service.api.oip import (
     HEADER_LENGTH,
     encode_infer_response,
@@ -20,9 +20,8 @@ from service.api.oip import (
     parse_infer,
     server_metadata,
 )
-from service.errors import ModelNotFound, ModelNotReady, UnsupportedMediaType
+from service.errors import ModelNotFound, UnsupportedMediaType
 from service.inference.engine import InferenceEngine
-from service.prediction import Predictor
 
 router = APIRouter(tags=["open inference protocol (v2)"])
 V2_ERROR = {
@@ -31,15 +30,8 @@ V2_ERROR = {
 ERRORS: dict[int | str, dict[str, Any]] = {status: V2_ERROR for status in (400, 404, 413, 503)}
 
 
-def _predictor(request: Request) -> Predictor:
-    predictor: Predictor | None = request.app.state.predictor
-    if predictor is None:
-        raise ModelNotReady("the model is not loaded yet", {"retry": True})
-    return predictor
-
-
 def _model(request: Request, name: str, version: str | None) -> InferenceEngine:
-    engine = _predictor(request).engine
+    engine = get_predictor(request).engine
     require_model(engine, name)
     if version is not None and version != engine.card.version:
         raise ModelNotFound(
@@ -56,7 +48,7 @@ async def server_live() -> dict[str, bool]:
 
 @router.get("/v2/health/ready", responses=ERRORS)
 async def server_ready(request: Request) -> dict[str, bool]:
-    _predictor(request)
+    get_predictor(request)
     return {"ready": True}
 
 
@@ -122,7 +114,7 @@ async def infer_response(request: Request, name: str, version: str | None) -> Re
     max_instances: int = request.app.state.settings.max_instances
     parsed = parse_infer(body, request.headers.get(HEADER_LENGTH), io.n_features, io.feature_names, max_instances)
     coverage = engine.resolve_coverage(parsed.coverage if parsed.coverage is not None else min(engine.coverages))
-    scored = await _predictor(request).predict(parsed.features, coverage)
+    scored = await get_predictor(request).predict(parsed.features, coverage)
     content, header_length = encode_infer_response(engine, parsed, scored.prediction, scored.ids, coverage)
     if header_length is None:
         return Response(content, media_type="application/json")
