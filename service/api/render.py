@@ -116,10 +116,7 @@ def render_npz(
     ``expected_accuracy`` holds the band's accuracy per row (NaN where the band had no test samples)
     and ``expected_accuracy_interval`` its [low, high]; ``model`` is the JSON of the ``model`` object.
     """
-    bands = engine.bands
-    accuracy = np.array([np.nan if b.accuracy is None else b.accuracy for b in bands])[batch.band_index]
-    low = np.array([np.nan if b.accuracy_low is None else b.accuracy_low for b in bands])
-    high = np.array([np.nan if b.accuracy_high is None else b.accuracy_high for b in bands])
+    table = engine.band_table[batch.band_index]
     arrays: dict[str, Any] = {
         "prediction_id": np.array(ids, dtype="U36"),
         "label": engine.classes[batch.class_index],
@@ -128,8 +125,8 @@ def render_npz(
         "probabilities": batch.probabilities,
         "prediction_set": batch.prediction_set,
         "classes": engine.classes,
-        "expected_accuracy": accuracy,
-        "expected_accuracy_interval": np.stack([low, high], axis=1)[batch.band_index],
+        "expected_accuracy": table[:, 0],
+        "expected_accuracy_interval": table[:, 1:],
         "entropy": batch.entropy,
         "margin": batch.margin,
         "abstain": batch.abstain,

@@ -200,6 +200,10 @@ class InferenceEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(artifact.model_bytes, options, providers=["CPUExecutionProvider"])
         self.bands, self._band_of_bin = accuracy_bands(self.card, min_bin_support)
+        # Per band: accuracy, Wilson low and high (NaN where a band has no test samples), indexed by band_index.
+        self.band_table = np.array(
+            [[np.nan if v is None else v for v in (b.accuracy, b.accuracy_low, b.accuracy_high)] for b in self.bands]
+        )
         self.abstain_threshold = abstain_threshold(self.card, abstain_below, target_accuracy)
         self._conformal = {level.coverage: level.threshold for level in self.card.conformal}
         self.classes = np.asarray(self.card.classes)
@@ -262,30 +266,31 @@ class InferenceEngine:
         them to every request of the batch.
         """
         outcomes: list[BatchPrediction | InvalidInput | None] = [None] * len(requests)
-        valid: list[int] = []
+        valid: list[tuple[int, float]] = []  # (request, its resolved coverage)
         for i, (features, coverage) in enumerate(requests):
             try:
-                self._check_request(features, coverage)
-                valid.append(i)
+                valid.append((i, self._check_request(features, coverage)))
             except InvalidInput as error:
                 outcomes[i] = error
         if valid:
-            parts = [requests[i][0] for i in valid]
+            parts = [requests[i][0] for i, _ in valid]
             stacked = parts[0] if len(parts) == 1 else np.concatenate(parts)
             sizes = [len(part) for part in parts]
-            thresholds = np.repeat([self.conformal_threshold(requests[i][1]) for i in valid], sizes)
+            thresholds = np.repeat([self._conformal[coverage] for _, coverage in valid], sizes)
             whole = self._describe(*self._run_graph(stacked), thresholds)
-            for i, (start, stop) in zip(valid, _spans(sizes), strict=True):
-                part = whole.rows(start, stop, self.resolve_coverage(requests[i][1]))
+            for (i, coverage), (start, stop) in zip(valid, _spans(sizes), strict=True):
+                part = whole.rows(start, stop, coverage)
                 outcomes[i] = _overflow_error(np.flatnonzero(part.broken)) if part.broken.any() else part
         return [outcome for outcome in outcomes if outcome is not None]
 
-    def _check_request(self, features: NDArray[np.float32], coverage: float) -> None:
-        self.resolve_coverage(coverage)
+    def _check_request(self, features: NDArray[np.float32], coverage: float) -> float:
+        """The request's resolved coverage level; ``InvalidInput`` if it cannot join a batch."""
+        resolved = self.resolve_coverage(coverage)
         if features.ndim != 2 or features.shape[1] != self.card.io.n_features or len(features) == 0:
             raise InvalidInput(
                 f"features must be [N, {self.card.io.n_features}] with N >= 1, got {list(features.shape)}"
             )
+        return resolved
 
     def _describe(
         self,
