@@ -100,36 +100,30 @@ def parse_npy(
     options = _query_options(query)
     if not body:
         raise MalformedRequest("request body is required: an .npy file of shape [N, F]", {"field": "body"})
-    _check_npy_header(body, max_instances)
-    try:
-        matrix = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise MalformedRequest(f"request body is not a valid .npy file: {error}", {"field": "body"}) from None
-    if matrix.dtype.kind not in "fiu" or matrix.dtype.itemsize > 8:
-        raise InvalidInput(
-            f"features must be {NPY_DTYPES}, got dtype {matrix.dtype}", {"field": "body", "dtype": str(matrix.dtype)}
-        )
+    matrix = _read_npy(body, max_instances)
     if matrix.ndim != 2 or matrix.shape[1] != n_features or matrix.shape[0] == 0:
         raise InvalidInput(
             f"features must have shape [N, {n_features}] with N >= 1, got {list(matrix.shape)}",
             {"field": "body", "shape": list(matrix.shape), "expected": [-1, n_features]},
         )
-    check_instance_count(matrix.shape[0], max_instances)
     return options, as_float32(np.asarray(matrix, dtype=np.float64), feature_names)
 
 
-def _check_npy_header(body: bytes, max_instances: int) -> None:
-    """Shape, dtype and size from the header alone, before ``np.load`` allocates what the header declares
-    (a 200-byte body can declare a terabyte). The data must be exactly as long as the header says."""
+def _read_npy(body: bytes, max_instances: int) -> NDArray[Any]:
+    """The array of an ``.npy`` body, read in place from the bytes after its header.
+
+    Shape, dtype and size are checked from the header first: ``np.load`` would allocate whatever the
+    header declares (a 200-byte body can declare a terabyte), and the data must be exactly as long as
+    the header says. Object dtypes (pickles) are refused, never loaded."""
     if body.startswith(b"PK\x03\x04"):
         raise MalformedRequest("request body is an .npz archive; send a single .npy array", {"field": "body"})
     stream = io.BytesIO(body)
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
         elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except ValueError as error:
@@ -138,13 +132,18 @@ def _check_npy_header(body: bytes, max_instances: int) -> None:
         raise MalformedRequest("request body is an .npy of Python objects (a pickle); send numbers", {"field": "body"})
     if len(shape) >= 1:
         check_instance_count(int(shape[0]), max_instances)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if dtype.kind not in "fiu" or dtype.itemsize > 8:
+        raise InvalidInput(f"features must be {NPY_DTYPES}, got dtype {dtype}", {"field": "body", "dtype": str(dtype)})
+    count = int(np.prod(shape, dtype=np.int64))
+    expected = count * dtype.itemsize
     if len(body) - stream.tell() != expected:
         raise MalformedRequest(
             f"request body is not a valid .npy file: the header declares {list(shape)} {dtype} ({expected} bytes of "
             f"data), the body carries {len(body) - stream.tell()}",
             {"field": "body"},
         )
+    flat = np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran_order else "C")
 
 
 def _query_options(query: dict[str, str]) -> PredictOptions:
