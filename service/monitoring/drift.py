@@ -45,14 +45,7 @@ _KS_TERMS = np.arange(1, 101, dtype=np.float64)
 
 def _counts(values: ArrayLike, name: str) -> NDArray[np.float64]:
     """A 1-D, finite, non-negative, not-all-zero float vector (counts or unnormalised probabilities)."""
-    arr = np.asarray(values)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    out = arr.astype(np.float64)
-    if out.ndim != 1 or out.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {out.shape}")
-    if not np.all(np.isfinite(out)):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    out = _sample(values, name)
     if out.min() < 0.0:
         raise ValueError(f"{name} must be non-negative, got a minimum of {out.min():.6g}")
     if out.sum() <= 0.0:
