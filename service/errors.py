@@ -11,7 +11,9 @@ trainer, the inference engine and the monitor can fail precisely without knowing
     │   └── UnsupportedMediaType      not application/json (415)
     ├── Unauthorized                  a protected endpoint without the right API key (401)
     ├── ModelNotFound                 no model of that name / version is loaded
-    ├── ModelNotReady                 the model is still loading or failed to load
+    ├── ModelNotReady                 the model is still loading or failed to load (503)
+    ├── Overloaded                    more queued work than can be answered in time (503, Retry-After)
+    ├── StoreUnavailable              the prediction store cannot be read or written now (503, Retry-After)
     ├── ArtifactError                 model.onnx / card.json missing, corrupt or inconsistent
     ├── DataError                     a training data set that cannot be used (trainer only)
     └── ConfigurationError            settings that cannot work with the loaded model (start-up)
@@ -45,6 +47,19 @@ class ModelNotFound(ServiceError):
 
 class ModelNotReady(ServiceError):
     """The model is not loaded (yet); readiness reports the same condition."""
+
+
+class Overloaded(ServiceError):
+    """Load shedding: the request was refused (or waited past its deadline) before it was scored.
+
+    ``details["retry_after"]`` is the seconds a client should wait; the API sends it as ``Retry-After``."""
+
+
+class StoreUnavailable(ServiceError):
+    """The prediction store (the log's file or database) cannot be read or written right now.
+
+    Predictions go on without it; what needs it (feedback, the live window) says so instead of guessing.
+    ``details["retry_after"]`` is sent as ``Retry-After``."""
 
 
 class ArtifactError(ServiceError):

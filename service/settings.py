@@ -55,6 +55,32 @@ class Settings(BaseSettings):
         0.0, ge=0.0, le=1000.0, description="micro-batching: how long a batch may wait for more requests"
     )
     inference_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per worker")
+
+    # Overload: shed what cannot be answered in time instead of queueing without bound (bench/RESULTS.md).
+    max_queue_rows: int = Field(
+        2048,
+        ge=1,
+        description="most rows waiting for inference per model; a request that does not fit is refused with 503",
+    )
+    queue_timeout_ms: float = Field(
+        100.0,
+        gt=0.0,
+        description="a request still queued after this long is refused with 503 (one being scored is never dropped)",
+    )
+    limit_concurrency: int = Field(
+        1024, ge=1, description="uvicorn: most connections and requests at once per worker; more get 503"
+    )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="open connections per worker; more are closed at once (keeps file descriptors in bound)",
+    )
+    backlog: int = Field(2048, ge=1, description="uvicorn: most connections waiting in the kernel to be accepted")
+    timeout_keep_alive: float = Field(5.0, gt=0.0, description="uvicorn: close idle keep-alive connections after (s)")
+    graceful_timeout: float = Field(8.0, gt=0.0, description="on SIGTERM: seconds to finish in-flight requests")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text (readable) or json (one object per line: access and application logs)"
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
 
     # Prediction log and live calibration monitoring.
@@ -81,6 +107,12 @@ class Settings(BaseSettings):
     class_shift_critical: float = Field(0.20, gt=0, description="class shift: critical")
     api_key: SecretStr | None = Field(None, description="if set, POST /v1/feedback needs 'Authorization: Bearer <key>'")
     max_feedback_items: int = Field(1000, ge=1, description="most feedback items in one request (more: 413)")
+    feedback_pending_seconds: float = Field(
+        300.0,
+        gt=0.0,
+        description="feedback for an id made up to this long ago whose prediction is not logged yet is stored as "
+        "pending and counts once the prediction lands",
+    )
 
     @field_validator("api_key", "abstain_below", "target_accuracy", "window_hours", mode="before")
     @classmethod

@@ -25,8 +25,10 @@ from service.errors import (
     MalformedRequest,
     ModelNotFound,
     ModelNotReady,
+    Overloaded,
     PayloadTooLarge,
     ServiceError,
+    StoreUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -41,6 +43,8 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     UnsupportedMediaType: 415,
     InvalidInput: 422,
     ModelNotReady: 503,
+    Overloaded: 503,
+    StoreUnavailable: 503,
     ArtifactError: 500,
     ConfigurationError: 500,
 }

@@ -43,6 +43,11 @@ ESTIMATED_ACCURACY = Gauge(
 )
 QUEUE_DEPTH = Gauge("calibserve_log_queue_depth", "Rows waiting for the log writer", multiprocess_mode="livesum")
 DROPPED = Counter("calibserve_log_dropped_rows_total", "Prediction rows not logged (queue full or write error)")
+SHED = Counter(
+    "calibserve_shed_requests_total",
+    "Requests refused with 503 before scoring: queue full (rows over CALIBSERVE_MAX_QUEUE_ROWS) or queue deadline",
+    ["reason"],
+)
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
