@@ -16,13 +16,14 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api.errors import install_error_handlers
-from service.api.middleware import BodyGuard
+from service.api.middleware import BodyGuard, RequestContext
 from service.api.openapi import install_model_openapi
 from service.api.parsing import NPY_MEDIA_TYPE
 from service.api.routes import feedback, health, models, predict, v2
 from service.api.shortcut import HotRoutes
 from service.inference.artifact import load_artifact
 from service.inference.engine import InferenceEngine
+from service.logs import configure_logging
 from service.monitoring.monitor import Monitor
 from service.monitoring.requests import RequestMetrics
 from service.prediction import Predictor
@@ -62,19 +63,9 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(20_000, 20, 50)
 
 
-def configure_logging(level: str) -> None:
-    """Our own log lines beside uvicorn's; idempotent, as every worker builds its app."""
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(level.upper())
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,10 +96,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HotRoutes, fastapi=app)  # added first: the innermost, inside the guards
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, binary_routes={NPY_MEDIA_TYPE: ("/predict",)})
     app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestContext, served_model=lambda: _served(app))  # outermost: ids on every answer
     for module in (predict, feedback, models, health, v2):
         app.include_router(module.router)
     install_model_openapi(app, lambda: app.state.engine.card if app.state.engine else None, settings.max_instances)
     return app
+
+
+def _served(app: FastAPI) -> tuple[str, str] | None:
+    engine: InferenceEngine | None = app.state.engine
+    return None if engine is None else (engine.card.name, engine.card.version[:12])
 
 
 def __getattr__(name: str) -> Any:

@@ -1,23 +1,28 @@
-"""One status table and one error shape: ``{"error": {"type", "message", "details"}}``.
+"""One status table and one renderer per protocol, used by every error calibserve answers.
 
-Domain code raises typed ``ServiceError``s; this module alone decides their HTTP status. Validation
-errors from the request schema are rewritten to name the field (``instances[0][3]``) and the problem.
-Anything unexpected is logged with its traceback and answered with a generic 500 without internals.
+``/v1`` errors: ``{"error": {"type", "message", "details", "request_id"}}``; ``/v2`` (Open Inference
+Protocol) errors: ``{"error": "<message>", "request_id"}``. Domain code raises typed ``ServiceError``s;
+this module alone decides their status and headers (``Retry-After`` on a 503, ``WWW-Authenticate`` on a
+401), for the exception handlers, the ASGI guards that answer before any route runs, and the hot-route
+shortcut alike. Validation errors from the request schema are rewritten to name the field
+(``instances[0][3]``) and the problem. Anything unexpected is logged with its traceback and answered
+with a generic 500 without internals.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from service.api.middleware import BodyTooLarge, is_v2
 from service.errors import (
     ArtifactError,
     ConfigurationError,
@@ -32,8 +37,31 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from service.logs import current_request_id
 
 logger = logging.getLogger("calibserve.api")
+
+V2_PREFIX = "/v2"
+DEFAULT_RETRY_AFTER_S = 1
+
+
+class HttpError(ServiceError):
+    """An error of the HTTP layer itself (no such route, method not allowed): status and kind as given."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.headers = headers or {}
+
+
+class InternalError(ServiceError):
+    """Anything unexpected: answered without internals (the traceback goes to the log only)."""
+
+
+CLIENT_CLOSED_REQUEST = HttpError(
+    499, "client_closed_request", "the client closed the connection before sending the whole request body"
+)
 
 STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     MalformedRequest: 400,
@@ -47,11 +75,19 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     StoreUnavailable: 503,
     ArtifactError: 500,
     ConfigurationError: 500,
+    InternalError: 500,
 }
 _TAGS = {"list", "object"}
 
 
+def is_v2(path: str) -> bool:
+    """Paths of the Open Inference Protocol, which answer errors in its own shape."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
 def status_for(error: ServiceError) -> int:
+    if isinstance(error, HttpError):
+        return error.status
     for cls in type(error).__mro__:
         if cls in STATUS_BY_ERROR:
             return STATUS_BY_ERROR[cls]
@@ -59,11 +95,40 @@ def status_for(error: ServiceError) -> int:
 
 
 def error_type(error: ServiceError) -> str:
+    if isinstance(error, HttpError):
+        return error.kind
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
 
 
-def error_response(status: int, kind: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message, "details": details or {}}}, status_code=status)
+def render_error(path: str, error: ServiceError) -> Response:
+    """The answer to ``error`` on ``path``: the one place that writes an error body and its headers."""
+    status = status_for(error)
+    request_id = current_request_id()
+    if is_v2(path):
+        # The protocol's clients read ``error`` as a string; a request we call unprocessable (422) is a bad
+        # request (400) there.
+        body: dict[str, Any] = {"error": error.message}
+        status = 400 if status == 422 else status
+    else:
+        body = {"error": {"type": error_type(error), "message": error.message, "details": error.details}}
+    if request_id is not None:
+        (body if is_v2(path) else body["error"])["request_id"] = request_id
+    response = JSONResponse(body, status_code=status)
+    if isinstance(error, HttpError):
+        response.headers.update(error.headers)  # e.g. Allow on a 405
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    if status == 503:
+        response.headers["Retry-After"] = str(retry_after_seconds(error))
+    return response
+
+
+def retry_after_seconds(error: ServiceError) -> int:
+    """Whole seconds (RFC 9110 ``delay-seconds``), at least 1: a 503 always tells clients when to come back."""
+    hint = error.details.get("retry_after")
+    if isinstance(hint, int | float) and math.isfinite(hint) and hint > 0:
+        return max(1, math.ceil(hint))
+    return DEFAULT_RETRY_AFTER_S
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:
@@ -100,50 +165,40 @@ def invalid_request(errors: Sequence[Any]) -> ServiceError:
     return InvalidInput(shown + more, {"errors": problems[:50]})
 
 
-def v2_error_response(status: int, message: str) -> JSONResponse:
-    """The Open Inference Protocol's error shape; its clients read ``error`` as a string. A request the
-    service calls unprocessable (422) is a bad request (400) there."""
-    return JSONResponse({"error": message}, status_code=400 if status == 422 else status)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        status = status_for(exc)
-        if status >= 500:
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
+        if status_for(exc) >= 500 and not isinstance(exc, InternalError):
             logger.error("%s: %s", type(exc).__name__, exc.message)
-        if is_v2(request.url.path):
-            return v2_error_response(status, exc.message)
-        response = error_response(status, error_type(exc), exc.message, exc.details)
-        if status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return render_error(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return await _service_error(request, validation_error(exc))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return render_error(request.url.path, validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if isinstance(exc, BodyTooLarge):
-            return await _service_error(request, exc.as_service_error())
-        if exc.status_code == 400:
-            # FastAPI's own 400 for bodies json.loads cannot even decode (invalid UTF-8, nesting too deep).
-            return await _service_error(
-                request,
-                MalformedRequest(f"request body could not be decoded as JSON ({exc.detail})", {"field": "body"}),
-            )
-        kinds = {404: "not_found", 405: "method_not_allowed"}
-        if is_v2(request.url.path):
-            response = v2_error_response(exc.status_code, str(exc.detail))
-        else:
-            response = error_response(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
-        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
-        return response
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return render_error(request.url.path, from_http_exception(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client's doing, not ours: no traceback, and counted as 499 (nginx's "client closed request")
+        # rather than as a server error. Nobody reads this answer.
+        logger.info("client disconnected before the whole body arrived: %s %s", request.method, request.url.path)
+        return render_error(request.url.path, CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        if is_v2(request.url.path):
-            return v2_error_response(500, "internal server error")
-        return error_response(500, "internal_error", "internal server error")
+        return render_error(request.url.path, InternalError("internal server error"))
+
+
+def from_http_exception(exc: StarletteHTTPException) -> ServiceError:
+    """Starlette's and FastAPI's own HTTP errors as ours, so they render like every other error."""
+    if exc.status_code == 413:
+        return PayloadTooLarge(str(exc.detail), getattr(exc, "details", {}))
+    if exc.status_code == 400:
+        # FastAPI's own 400 for bodies json.loads cannot even decode (invalid UTF-8, nesting too deep).
+        return MalformedRequest(f"request body could not be decoded as JSON ({exc.detail})", {"field": "body"})
+    kinds = {404: "not_found", 405: "method_not_allowed"}
+    return HttpError(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail), dict(exc.headers or {}))

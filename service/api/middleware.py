@@ -1,63 +1,113 @@
-"""Request guards that must act before the body is parsed: media type (415) and body size (413).
+"""ASGI middleware that must act before any route runs.
 
-A pure ASGI middleware, so an oversized body is refused from its Content-Length, or cut off while it
-streams in, without ever being read into memory whole.
+``RequestContext`` (outermost): the request id (``X-Request-ID`` taken or made, returned on every answer,
+put on every log record) and the access log line. ``BodyGuard``: media type (415) and body size (413),
+from Content-Length or while the body streams in, so an oversized body is never read into memory whole.
+Their errors go through the one renderer (``service.api.errors.render_error``), like every other error.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import logging
+import secrets
+import time
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge
+from service.api.errors import is_v2, render_error
+from service.errors import PayloadTooLarge, ServiceError, UnsupportedMediaType
+from service.logs import REQUEST_ID
 
-V2_PREFIX = "/v2"
+access_logger = logging.getLogger("calibserve.access")
 
-
-def is_v2(path: str) -> bool:
-    """Paths of the Open Inference Protocol, which answer errors in its own shape."""
-    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
-
-
+REQUEST_ID_HEADER = b"x-request-id"
+MAX_REQUEST_ID_LENGTH = 128
 _GUARDED_HEADERS = {b"content-length", b"content-type", b"transfer-encoding"}
-_BODY_METHODS = {b"POST", b"PUT", b"PATCH", "POST", "PUT", "PATCH"}
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def accepted_request_id(value: bytes | None) -> str:
+    """The client's id when it is a sane token (printable ASCII, no spaces, at most 128 characters): it goes
+    into logs and headers, so anything else is replaced by a fresh one rather than echoed."""
+    if value and len(value) <= MAX_REQUEST_ID_LENGTH and all(0x21 <= byte <= 0x7E for byte in value):
+        return value.decode("ascii")
+    return new_request_id()
+
+
+class RequestContext:
+    """Request id and access log for every HTTP request, including those the guards refuse."""
+
+    def __init__(self, app: ASGIApp, served_model: Callable[[], tuple[str, str] | None] = lambda: None) -> None:
+        self.app = app
+        self.served_model = served_model  # (name, version) for the access log, None before the model loads
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        supplied = next((value for name, value in scope["headers"] if name.lower() == REQUEST_ID_HEADER), None)
+        request_id = accepted_request_id(supplied)
+        token = REQUEST_ID.set(request_id)
+        header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if access_logger.isEnabledFor(logging.INFO):
+                _log_access(scope, status, time.perf_counter() - started, self.served_model())
+            REQUEST_ID.reset(token)
+
+
+def _log_access(scope: Scope, status: int, seconds: float, model: tuple[str, str] | None) -> None:
+    route = getattr(scope.get("route"), "path", None)
+    client = scope.get("client")
+    fields = {
+        "method": scope["method"],
+        "route": route or "unmatched",
+        "path": scope["path"],
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "client": f"{client[0]}:{client[1]}" if client else None,
+        "model": model[0] if model else None,
+        "version": model[1] if model else None,
+    }
+    access_logger.info(
+        '%s - "%s %s" %d %.1f ms',
+        fields["client"] or "-",
+        scope["method"],
+        scope["path"],
+        status,
+        seconds * 1000,
+        extra=fields,
+    )
 
 
 class BodyTooLarge(HTTPException):
     """Raised from ``receive`` mid-stream. An HTTPException, because FastAPI re-raises those from body
-    parsing (anything else becomes a generic 400) and the app's handler turns it into our 413 shape."""
+    parsing (anything else becomes a generic 400) and the app's handler renders it as our 413."""
 
     def __init__(self, limit: int, received: int) -> None:
         super().__init__(413, too_large_message(limit))
-        self.limit = limit
-        self.received = received
-
-    def as_service_error(self) -> PayloadTooLarge:
-        return PayloadTooLarge(self.detail, {"limit_bytes": self.limit, "received_at_least": self.received})
+        self.details = {"limit_bytes": limit, "received_at_least": received}
 
 
 def too_large_message(limit: int) -> str:
     return f"request body exceeds {limit} bytes (CALIBSERVE_MAX_BODY_BYTES)"
-
-
-async def _send_error(
-    send: Send, status: int, kind: str, message: str, details: dict[str, Any], path: str = ""
-) -> None:
-    if is_v2(path):
-        body = json.dumps({"error": message}).encode()
-    else:
-        body = json.dumps({"error": {"type": kind, "message": message, "details": details}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def _media(content_type: str) -> str:
@@ -67,6 +117,11 @@ def _media(content_type: str) -> str:
 def _is_json(content_type: str) -> bool:
     media = _media(content_type)
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def send_error(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
+    """Answer from ASGI middleware, before any route: the same renderer as the exception handlers."""
+    await render_error(scope["path"], error)(scope, receive, send)
 
 
 class BodyGuard:
@@ -108,17 +163,15 @@ class BodyGuard:
             and (content_type is not None or has_body)
             and not self._accepts(content_type or "", scope["path"])
         ):
-            await _send_error(
-                send,
-                415,
-                "unsupported_media_type",
+            message = (
                 f"request body must be JSON (Content-Type: application/json{self._accepted_media(scope['path'])}), "
-                f"got {content_type or 'no Content-Type'}",
-                {"field": "content-type"},
+                f"got {content_type or 'no Content-Type'}"
             )
+            await send_error(scope, receive, send, UnsupportedMediaType(message, {"field": "content-type"}))
             return
-        if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
-            await self._too_large(send, int(length), scope["path"])
+        declared = _declared_length(length)
+        if declared is not None and declared > self.max_body_bytes:
+            await self._too_large(scope, receive, send, declared)
             return
         received = 0
         response_started = False
@@ -142,14 +195,21 @@ class BodyGuard:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not response_started:
-                await self._too_large(send, received, scope["path"])
+                await self._too_large(scope, receive, send, received)
 
-    async def _too_large(self, send: Send, size: int, path: str) -> None:
-        await _send_error(
-            send,
-            413,
-            "payload_too_large",
-            too_large_message(self.max_body_bytes),
-            {"limit_bytes": self.max_body_bytes, "received_at_least": size},
-            path,
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        error = PayloadTooLarge(
+            too_large_message(self.max_body_bytes), {"limit_bytes": self.max_body_bytes, "received_at_least": size}
         )
+        await send_error(scope, receive, send, error)
+
+
+def _declared_length(value: str | None) -> int | None:
+    """Content-Length as a number, without converting a thousand-digit string (the server's HTTP parser has
+    already refused malformed ones; a length longer than 18 digits is over any limit anyway)."""
+    if value is None:
+        return None
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(digits) if len(digits) <= 18 else 10**18

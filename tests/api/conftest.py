@@ -80,7 +80,8 @@ def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
     body = response.json()
     assert set(body) == {"error"}, body
     error = body["error"]
-    assert set(error) == {"type", "message", "details"}, error
+    assert set(error) == {"type", "message", "details", "request_id"}, error
+    assert error["request_id"] == response.headers["x-request-id"], "every error names the request it answers"
     assert isinstance(error["type"], str) and error["type"]
     assert isinstance(error["message"], str) and error["message"]
     assert isinstance(error["details"], dict)

@@ -47,11 +47,12 @@ TOLERANCE = 1e-6  # /v2 sends FP32, /v1 float64: the same values, rounded to flo
 
 
 def v2_error(response: httpx.Response, status: int) -> str:
-    """Assert ``status`` and the protocol's error shape, exactly ``{"error": str}``; return the message."""
+    """Assert ``status`` and the protocol's error shape, ``{"error": str}`` plus the request id; return the message."""
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert isinstance(body, dict) and set(body) == {"error", "request_id"}, body
+    assert body["request_id"] == response.headers["x-request-id"], body
     assert isinstance(body["error"], str) and body["error"], body
     message: str = body["error"]
     return message
