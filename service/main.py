@@ -76,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             monitor,
             max_batch_rows=settings.batch_max_rows,
             max_batch_wait_s=settings.batch_max_wait_ms / 1000,
+            max_queue_rows=settings.max_queue_rows,
+            queue_timeout_s=settings.queue_timeout_ms / 1000,
         )
         app.state.engine, app.state.monitor, app.state.predictor = engine, monitor, predictor
         tune_garbage_collector()

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, Overloaded
 from service.inference.batching import MicroBatcher
 from service.inference.engine import BatchPrediction, InferenceEngine
+from service.monitoring import prometheus as metrics
 from service.monitoring.monitor import Monitor
 
 Job = tuple[NDArray[np.float32], float]  # (features [N, F], conformal coverage)
@@ -36,16 +37,33 @@ class Scored:
 
 class Predictor:
     def __init__(
-        self, engine: InferenceEngine, monitor: Monitor, *, max_batch_rows: int, max_batch_wait_s: float
+        self,
+        engine: InferenceEngine,
+        monitor: Monitor,
+        *,
+        max_batch_rows: int,
+        max_batch_wait_s: float,
+        max_queue_rows: int | None = None,
+        queue_timeout_s: float | None = None,
     ) -> None:
         self.engine = engine
         self.monitor = monitor
         self.batcher: MicroBatcher[Job, Scored] = MicroBatcher(
-            self.score_batch, _rows, max_rows=max_batch_rows, max_wait_s=max_batch_wait_s
+            self.score_batch,
+            _rows,
+            max_rows=max_batch_rows,
+            max_wait_s=max_batch_wait_s,
+            max_queue_rows=max_queue_rows,
+            queue_timeout_s=queue_timeout_s,
         )
 
     async def predict(self, features: NDArray[np.float32], coverage: float) -> Scored:
-        return await self.batcher.submit((features, coverage))
+        """Scored rows, or ``Overloaded`` (counted in /metrics by reason) when the queue sheds the request."""
+        try:
+            return await self.batcher.submit((features, coverage))
+        except Overloaded as shed:
+            metrics.SHED.labels(reason=str(shed.details.get("reason", "overloaded"))).inc()
+            raise
 
     def score_batch(self, jobs: Sequence[Job]) -> list[Scored | InvalidInput]:
         """Predict every job with one onnxruntime call and log the successful rows in one submit."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 import functools
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -29,6 +29,7 @@ from service.settings import Settings
 from tests.conftest import DEFAULT_MODEL_DIR
 
 BASE_URL = "http://testserver"
+T = TypeVar("T")
 
 
 class Client:
@@ -50,6 +51,10 @@ class Client:
 
     def predict(self, body: Any, url: str = "/v1/predict") -> httpx.Response:
         return self.post(url, json=body)
+
+    def run(self, scenario: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+        """``scenario(client)`` on the app's event loop: for tests that need concurrent requests."""
+        return self._portal.call(scenario, self._client)
 
 
 def settings_for(**overrides: Any) -> Settings:

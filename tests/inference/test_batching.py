@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from service.errors import InvalidInput, ModelNotReady
+from service.errors import InvalidInput, ModelNotReady, Overloaded
 from service.inference.artifact import load_artifact
 from service.inference.batching import MicroBatcher
 from service.inference.engine import BatchPrediction, InferenceEngine
@@ -41,6 +41,14 @@ ARRAY_FIELDS = (
     "margin",
     "abstain",
 )
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Yield to the event loop until ``condition`` holds (a hang detector at ``timeout``, not a timing bound)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
 
 
 @pytest.fixture(scope="module")
@@ -302,8 +310,7 @@ def test_a_cancelled_caller_is_skipped_and_the_others_are_answered() -> None:
         batcher: MicroBatcher[int, int] = MicroBatcher(process, lambda _: 1, max_rows=8)
         try:
             first = asyncio.create_task(batcher.submit(0))
-            while not entered.is_set():
-                await asyncio.sleep(0.001)
+            assert await asyncio.to_thread(entered.wait, 10)
             doomed = asyncio.create_task(batcher.submit(1))
             survivor = asyncio.create_task(batcher.submit(2))
             await asyncio.sleep(0)  # both are queued behind the running batch
@@ -356,7 +363,7 @@ def test_close_answers_a_job_the_collector_is_holding() -> None:
     async def main() -> BaseException | int:
         batcher: MicroBatcher[int, int] = MicroBatcher(lambda jobs: list(jobs), lambda _: 1, max_rows=8, max_wait_s=30)
         held = asyncio.create_task(batcher.submit(3))
-        await asyncio.sleep(0.05)  # the collector has taken job 3 and waits for company
+        await until(lambda: batcher.queued_rows == 0)  # the collector has taken job 3 and waits for company
         await batcher.close()
         try:
             return await asyncio.wait_for(held, 2)  # a hang detector, not a timing assertion
@@ -378,8 +385,7 @@ def test_close_answers_the_jobs_of_a_batch_in_flight() -> None:
     async def main() -> BaseException | int:
         batcher: MicroBatcher[int, int] = MicroBatcher(process, lambda _: 1, max_rows=8)
         in_flight = asyncio.create_task(batcher.submit(21))
-        while not entered.is_set():
-            await asyncio.sleep(0.001)
+        assert await asyncio.to_thread(entered.wait, 10)
         threading.Timer(0.1, release.set).start()  # close() waits for the inference thread to finish
         await batcher.close()
         try:
@@ -502,3 +508,101 @@ def test_predictor_logs_nothing_for_a_batch_that_only_fails(
     rows = logged(tmp_path / LOG_FILE)
     assert set(rows) == set(later.ids) and len(rows) == 2
     assert all(blob is None for _, blob in rows.values())  # log_inputs is off by default
+
+
+# -- load shedding -------------------------------------------------------------------------------------------------
+
+
+def blocking_process(entered: threading.Event, release: threading.Event) -> Callable[[Sequence[int]], list[int]]:
+    """Holds the inference thread on its first batch until released, so that later jobs queue behind it."""
+
+    def process(jobs: Sequence[int]) -> list[int]:
+        if not entered.is_set():
+            entered.set()
+            release.wait(10)
+        return [job + 100 for job in jobs]
+
+    return process
+
+
+def test_a_full_queue_refuses_at_once_and_the_running_and_queued_jobs_are_answered() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    async def main() -> tuple[list[Any], Overloaded, int, dict[str, int]]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            blocking_process(entered, release), lambda job: 2 if job >= 10 else 1, max_rows=8, max_queue_rows=3
+        )
+        try:
+            running = asyncio.create_task(batcher.submit(0))
+            assert await asyncio.to_thread(entered.wait, 10)
+            queued = [asyncio.create_task(batcher.submit(1)), asyncio.create_task(batcher.submit(10))]
+            await until(lambda: batcher.queued_rows == 3)
+            try:
+                await batcher.submit(2)  # one more row does not fit: refused without waiting
+                raise AssertionError("a full queue took another job")
+            except Overloaded as error:
+                refused = error
+            release.set()
+            answered = await asyncio.gather(running, *queued)
+            return list(answered), refused, batcher.queued_rows, dict(batcher.shed)
+        finally:
+            release.set()
+            await batcher.close()
+
+    answered, refused, queued_rows, shed = asyncio.run(main())
+    assert answered == [100, 101, 110]
+    assert refused.details["reason"] == "queue_full" and refused.details["limit_rows"] == 3
+    assert refused.details["retry_after"] >= 1 and "CALIBSERVE_MAX_QUEUE_ROWS" in refused.message
+    assert queued_rows == 0
+    assert shed == {"queue_full": 1, "queue_timeout": 0}
+
+
+def test_a_job_larger_than_the_queue_bound_is_taken_when_the_queue_is_empty() -> None:
+    async def main() -> int:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            lambda jobs: list(jobs), lambda job: job, max_rows=8, max_queue_rows=2
+        )
+        try:
+            return await batcher.submit(5)  # 5 rows > 2: never refusable forever, so it runs alone
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) == 5
+
+
+def test_a_job_past_its_queue_deadline_is_refused_and_the_one_being_scored_is_not() -> None:
+    entered, release = threading.Event(), threading.Event()
+    computed: list[int] = []
+
+    def process(jobs: Sequence[int]) -> list[int]:
+        computed.extend(jobs)
+        return blocking_process(entered, release)(jobs)
+
+    async def main() -> tuple[Any, Any, Any]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(process, lambda _: 1, max_rows=8, queue_timeout_s=0.05)
+        try:
+            running = asyncio.create_task(batcher.submit(0))
+            assert await asyncio.to_thread(entered.wait, 10)
+            late = asyncio.create_task(batcher.submit(1))
+            await until(lambda: batcher.queued_rows == 1)
+            await asyncio.sleep(0.1)  # job 1's deadline passes while job 0 holds the inference thread
+            release.set()
+            outcomes = await asyncio.gather(running, late, return_exceptions=True)
+            return outcomes[0], outcomes[1], await batcher.submit(2)  # the queue works on afterwards
+        finally:
+            release.set()
+            await batcher.close()
+
+    running, late, after = asyncio.run(main())
+    assert running == 100, "a job already being scored is answered, however long it takes"
+    assert isinstance(late, Overloaded) and late.details["reason"] == "queue_timeout"
+    assert late.details["waited_ms"] >= 50 and "CALIBSERVE_QUEUE_TIMEOUT_MS" in late.message
+    assert after == 102
+    assert 1 not in computed, "a refused job is never computed"
+
+
+def test_shedding_rejects_nonsense_bounds() -> None:
+    with pytest.raises(ValueError, match="max_queue_rows"):
+        MicroBatcher(lambda jobs: list(jobs), lambda _: 1, max_rows=8, max_queue_rows=0)
+    with pytest.raises(ValueError, match="queue_timeout_s"):
+        MicroBatcher(lambda jobs: list(jobs), lambda _: 1, max_rows=8, queue_timeout_s=0)
