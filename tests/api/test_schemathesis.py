@@ -58,7 +58,11 @@ def test_undeclared_method_is_405_with_an_allow_header(client: Client) -> None:
     for path, method, declared in undeclared_method_requests(openapi):
         response = client.request(method, path)
         if path.startswith("/v2"):  # the Open Inference Protocol's error shape
-            assert response.status_code == 405 and set(response.json()) == {"error", "request_id"}, (method, path, response.text)
+            assert response.status_code == 405 and set(response.json()) == {"error", "request_id"}, (
+                method,
+                path,
+                response.text,
+            )
         else:
             assert error_of(response, 405)["type"] == "method_not_allowed"
         allowed = {m.strip() for m in response.headers.get("allow", "").split(",") if m.strip()}
