@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from service import __version__
+from service.api import connections
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyGuard, RequestContext
 from service.api.openapi import install_model_openapi
@@ -66,6 +67,7 @@ def tune_garbage_collector() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
+    connections.configure(settings.max_connections)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -16,8 +16,15 @@ ENV_PREFIX = "CALIBSERVE_"
 
 
 def default_model_path() -> Path:
-    """The bundled model: ``models/digits`` beside the package (a checkout or the container image)."""
-    return Path(__file__).resolve().parent.parent / "models" / "digits"
+    """The bundled digits model, wherever calibserve is installed.
+
+    A wheel (and so the container image) carries it as package data, ``service/bundled_models/digits``:
+    pyproject.toml maps the checkout's ``models/`` there. A checkout or an editable install (which does not
+    copy data) has it in place, at ``models/digits`` beside the package.
+    """
+    package = Path(__file__).resolve().parent
+    installed = package / "bundled_models" / "digits"
+    return installed if installed.is_dir() else package.parent / "models" / "digits"
 
 
 class Settings(BaseSettings):
@@ -76,8 +83,8 @@ class Settings(BaseSettings):
         description="open connections per worker; more are closed at once (keeps file descriptors in bound)",
     )
     backlog: int = Field(2048, ge=1, description="uvicorn: most connections waiting in the kernel to be accepted")
-    timeout_keep_alive: float = Field(5.0, gt=0.0, description="uvicorn: close idle keep-alive connections after (s)")
-    graceful_timeout: float = Field(8.0, gt=0.0, description="on SIGTERM: seconds to finish in-flight requests")
+    timeout_keep_alive: int = Field(5, ge=1, description="uvicorn: close idle keep-alive connections after (s)")
+    graceful_timeout: int = Field(8, ge=1, description="on SIGTERM: seconds to finish in-flight requests")
     log_format: Literal["text", "json"] = Field(
         "text", description="text (readable) or json (one object per line: access and application logs)"
     )

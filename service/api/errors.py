@@ -201,4 +201,6 @@ def from_http_exception(exc: StarletteHTTPException) -> ServiceError:
         # FastAPI's own 400 for bodies json.loads cannot even decode (invalid UTF-8, nesting too deep).
         return MalformedRequest(f"request body could not be decoded as JSON ({exc.detail})", {"field": "body"})
     kinds = {404: "not_found", 405: "method_not_allowed"}
-    return HttpError(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail), dict(exc.headers or {}))
+    return HttpError(
+        exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail), dict(exc.headers or {})
+    )

@@ -48,6 +48,10 @@ SHED = Counter(
     "Requests refused with 503 before scoring: queue full (rows over CALIBSERVE_MAX_QUEUE_ROWS) or queue deadline",
     ["reason"],
 )
+CONNECTIONS_REFUSED = Counter(
+    "calibserve_connections_refused_total",
+    "Connections closed at accept: open connections were at CALIBSERVE_MAX_CONNECTIONS",
+)
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
