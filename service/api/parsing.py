@@ -8,29 +8,282 @@ has, and a valid body never pays for pydantic's element-by-element validation.
 
 Binary: ``application/x-npy`` carries the [N, F] feature matrix as a NumPy ``.npy`` file, with the
 options in the query string, for bulk scoring without JSON floats.
+
+Hostile input gets a 4xx, never a 500 or a stall. Every JSON body the service decodes the slow way goes
+through ``load_json`` (integers past CPython's 4300-digit limit, lone UTF-16 surrogates, invalid UTF-8 and
+nesting become 400s naming the problem); every count or number sent as text (a query parameter, a header)
+through ``parse_count`` / ``parse_number``; every client value an error message echoes through ``shown``
+(bounded, whatever was sent). A refused body costs little: cheap checks (item counts, row widths) come
+before element-by-element validation, which only ever sees a bounded number of bad elements, and bodies
+over ``OFF_LOOP_BYTES`` are parsed in a worker thread so the event loop keeps answering meanwhile.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+import math
+import re
+import reprlib
+import struct
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import anyio.to_thread
 import msgspec
 import numpy as np
 import pydantic
 from numpy.typing import NDArray
 
 from service.api.errors import invalid_request
-from service.api.schemas import PredictRequest
+from service.api.schemas import FeedbackItem, FeedbackRequest, PredictRequest
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge
-from service.inference.features import as_float32
+from service.inference.features import as_float32, check_row_widths
 
 NPY_MEDIA_TYPE = "application/x-npy"
 NPY_DTYPES = "a float (float16, float32, float64) or an integer type"
 _QUERY_OPTIONS = ("coverage", "top_k", "include_logits", "model")
+T = TypeVar("T")
+
+# Bodies larger than this are parsed in a worker thread: decoding and validating a few MB takes tens to
+# hundreds of milliseconds, which on the event loop would hold up every other request (/health/live
+# included). Smaller bodies (a single-instance predict is ~300 bytes) stay inline: a thread hop would cost
+# them more than their parse.
+OFF_LOOP_BYTES = 64 * 1024
+# Element-by-element validation (pydantic) sees at most this many suspect rows or items and unknown keys:
+# the error names the first few problems anyway, and a body of 2M bad elements must not build 2M errors.
+_SUSPECTS = 10
+_MAX_DIGITS = 18  # a count sent as text: 10**18 is past every limit, and int() stays far from its own
+_MAX_NUMBER_CHARS = 64  # a number sent as text (coverage=0.95)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlong = 40
+_FLOAT_MAX = sys.float_info.max
+
+
+def shown(value: Any) -> str:
+    """``repr`` of a client's value for an error message, cut short (``reprlib``): a message echoes what
+    was sent so the client can find it, but must stay small whatever was sent (a 1 MB string, a list of
+    a million items)."""
+    return _SHOWN.repr(value)
+
+
+async def parse_off_loop(body: bytes, parse: Callable[[], T]) -> T:
+    """``parse()`` inline for a small body, in a worker thread for a large one (``OFF_LOOP_BYTES``).
+
+    The thread does not make a big parse cheaper, but it lets the event loop answer other requests
+    between the parse's steps (json.loads, msgspec and pydantic each hold the GIL for one call, so a
+    single call over an 8 MB body still holds it for that long: tens of ms per MB)."""
+    if len(body) <= OFF_LOOP_BYTES:
+        return parse()
+    return await anyio.to_thread.run_sync(parse)
+
+
+# -- text and JSON: the one way in for client bytes ---------------------------------------------------
+
+
+def parse_count(text: str, field: str, *, minimum: int = 0, error: type[InvalidInput] = InvalidInput) -> int:
+    """A non-negative integer sent as text (a query parameter, a header), or ``error`` naming ``field``.
+
+    ASCII digits only (``int()`` would also take '1_000', ' 7' and other scripts' digits such as '٣'), at
+    most 18 significant ones: ``int()`` of more than 4300 digits raises ValueError (CPython's int-to-str
+    limit), and a count past 10**18 is past every limit the service has."""
+    if not (text.isascii() and text.isdigit()):
+        raise error(f"{field} must be an integer >= {minimum}, got {shown(text)}", {"field": field})
+    significant = len(text.lstrip("0"))
+    if significant > _MAX_DIGITS:
+        raise error(f"{field} is too large: an integer of {significant} digits", {"field": field})
+    value = int(text)
+    if value < minimum:
+        raise error(f"{field} must be an integer >= {minimum}, got {shown(text)}", {"field": field})
+    return value
+
+
+def parse_number(text: str, field: str) -> float:
+    """A finite number sent as text, or 422 naming ``field``; at most 64 ASCII characters (float() takes
+    any length and Unicode digits; what it makes of a 5000-digit string is inf anyway)."""
+    try:
+        if not text.isascii() or len(text) > _MAX_NUMBER_CHARS:
+            raise ValueError
+        value = float(text)
+    except ValueError:
+        raise InvalidInput(f"{field} must be a number, got {shown(text)}", {"field": field}) from None
+    if not math.isfinite(value):
+        raise InvalidInput(f"{field} must be finite, got {shown(text)}", {"field": field})
+    return value
+
+
+def as_float(value: int | float, field: str) -> float:
+    """A JSON number as a float, or 422 naming ``field``: ``float()`` of an integer past ~1.8e308 (JSON
+    allows 4300 digits) raises OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        digits = int(value.bit_length() * math.log10(2)) + 1 if isinstance(value, int) else 0
+        raise InvalidInput(
+            f"{field} is beyond the range of a float: an integer of about {digits} digits", {"field": field}
+        ) from None
+
+
+def load_json(body: bytes, what: str = "request body") -> Any:
+    """The reference decoding of a client's JSON body (``json.loads``): any body it cannot turn into clean
+    values is a 400 naming why, never an exception from deeper down.
+
+    - Encoding: UTF-8 (with or without a BOM), UTF-16 or UTF-32, as RFC 8259 allows, decoded *strictly*:
+      ``json.loads`` on bytes passes UTF-8-encoded surrogates through (``surrogatepass``).
+    - Integers of more than 4300 digits: ``json.loads`` raises ValueError (CPython's int-to-str limit).
+    - Lone surrogates: ``"\\ud800"`` decodes to a str that cannot be encoded again, so it would fail later
+      (encoding the answer, writing SQLite) as a 500. Only a body with an escaped surrogate (a regex over
+      the text) is walked; valid pairs (emoji) decode to one code point and pass.
+    """
+    try:
+        text = body.decode(json.detect_encoding(body))
+        value = json.loads(text)
+    except UnicodeDecodeError as error:
+        raise MalformedRequest(f"{what} could not be decoded as JSON ({error.reason})", {"field": "body"}) from None
+    except json.JSONDecodeError as error:
+        raise MalformedRequest(f"{what} is not valid JSON: {error.msg}", {"field": "body"}) from None
+    except RecursionError:
+        raise MalformedRequest(f"{what} is not valid JSON: nested too deeply", {"field": "body"}) from None
+    except ValueError:  # past the int-to-str limit (the only other ValueError json.loads raises)
+        raise MalformedRequest(
+            f"{what} has an integer of more than {sys.get_int_max_str_digits()} digits", {"field": "body"}
+        ) from None
+    if _SURROGATE_ESCAPE.search(text):
+        _refuse_lone_surrogates(value, what)
+    return value
+
+
+def refuse_lone_surrogates(body: bytes, what: str = "request body") -> None:
+    """400 naming the string if ``body`` is JSON with a lone surrogate, for decoders that refuse those
+    with a misleading reason (msgspec: "Input data was truncated"); nothing otherwise."""
+    try:
+        text = body.decode(json.detect_encoding(body))
+        if not _SURROGATE_ESCAPE.search(text):
+            return
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return  # not JSON for other reasons: the caller's own message says so
+    _refuse_lone_surrogates(value, what)
+
+
+def _refuse_lone_surrogates(value: Any, what: str) -> None:
+    """400 naming the first string (or object key) of ``value`` that holds a lone surrogate."""
+    # Depth-first, in document order; a node's path is built only for the one reported.
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        found: str | None = None
+        if isinstance(node, str):
+            found = node if _SURROGATE.search(node) else None
+        elif isinstance(node, dict):
+            for key in node:
+                if _SURROGATE.search(key):
+                    found, path = key, (*path, "(a key)")
+                    break
+            else:
+                stack.extend((node[key], (*path, key)) for key in reversed(list(node)))
+        elif isinstance(node, list):
+            stack.extend((node[i], (*path, i)) for i in range(len(node) - 1, -1, -1))
+        if found is not None:
+            surrogate = _SURROGATE.search(found)
+            code = f"\\u{ord(surrogate.group()):04x}" if surrogate else "a surrogate"
+            where = _path_text(path)
+            raise MalformedRequest(
+                f"{what} has a lone UTF-16 surrogate ({code}) in the string at {where}: JSON strings must be "
+                "valid Unicode (surrogates only in pairs)",
+                {"field": where},
+            )
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part == "(a key)":
+            text += " (a key)"
+        else:
+            name = part if len(part) <= 40 else part[:40] + "…"
+            text += f".{name}" if text else name
+    return text or "body"
+
+
+def _few_unknown_keys(value: dict[str, Any], known: Mapping[str, Any]) -> dict[str, Any]:
+    """``value`` with at most ``_SUSPECTS`` unknown keys: a strict model reports every one, and a body
+    can carry a million."""
+    unknown = 0
+    for key in value:
+        if key not in known:
+            unknown += 1
+            if unknown > _SUSPECTS:
+                break
+    else:
+        return value
+    kept: dict[str, Any] = {}
+    unknown = 0
+    for key, item in value.items():
+        if key in known:
+            kept[key] = item
+        elif unknown < _SUSPECTS:
+            kept[key] = item
+            unknown += 1
+    return kept
+
+
+def _validate_bounded(
+    model: type[pydantic.BaseModel],
+    value: Any,
+    field: str,
+    plain: Callable[[Any], bool],
+    item_model: type[pydantic.BaseModel] | None = None,
+) -> Any:
+    """``model.model_validate(value)``, with element-by-element validation bounded.
+
+    Only the first ``_SUSPECTS`` elements of ``value[field]`` that ``plain`` does not vouch for are
+    validated (their indices put back into the errors) when there are more, each with at most
+    ``_SUSPECTS`` keys ``item_model`` does not know: a strict model reports every bad element and every
+    unknown key, and a body of two million bad ones took 8 s and 500 MB to refuse. ``plain`` only has to
+    be conservative: a suspect the model accepts just costs the full validation."""
+    index: list[int] | None = None
+    whole = value
+    if isinstance(value, dict):
+        value = _few_unknown_keys(value, model.model_fields)
+        items = value.get(field)
+        if isinstance(items, list):
+            suspects = []
+            for i, item in enumerate(items):
+                if not plain(item):
+                    suspects.append(i)
+                    if len(suspects) > _SUSPECTS:
+                        break
+            if suspects:
+                kept = list(items)
+                if item_model is not None:
+                    for i in suspects:
+                        if isinstance(kept[i], dict):
+                            kept[i] = _few_unknown_keys(kept[i], item_model.model_fields)
+                if len(suspects) > _SUSPECTS:
+                    index = suspects[:_SUSPECTS]
+                    kept = [kept[i] for i in index]
+                value = {**value, field: kept}
+    try:
+        validated = model.model_validate(value, from_attributes=True)  # FastAPI's mode: the same messages
+    except pydantic.ValidationError as error:
+        errors = error.errors(include_url=False)
+    else:
+        # Valid as trimmed: the suspects were false alarms, so the whole body may be valid.
+        return validated if index is None else model.model_validate(whole, from_attributes=True)
+    if index is not None:
+        for problem in errors:
+            loc = tuple(problem.get("loc", ()))
+            if len(loc) >= 2 and loc[0] == field and isinstance(loc[1], int):
+                problem["loc"] = (field, index[loc[1]], *loc[2:])
+    raise invalid_request(errors) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,35 +307,72 @@ class _FastPredict(msgspec.Struct, forbid_unknown_fields=True):
 _DECODER = msgspec.json.Decoder(_FastPredict)
 
 
-def parse_json(body: bytes) -> tuple[PredictOptions, list[Any]]:
-    """Options and raw rows (``rows_to_matrix`` turns them into the matrix once the options are checked)."""
+def parse_json(
+    body: bytes, n_features: int | None = None, max_instances: int | None = None
+) -> tuple[PredictOptions, list[Any]]:
+    """Options and raw rows (``rows_to_matrix`` turns them into the matrix once the options are checked).
+
+    ``n_features`` and ``max_instances`` (the route passes both) let a refused body be refused from its
+    row count and row widths before any element is validated."""
     try:
         fast = _DECODER.decode(body)
         return PredictOptions(fast.coverage, fast.top_k, fast.include_logits, fast.model), fast.instances
     except (msgspec.DecodeError, msgspec.ValidationError):
-        request = _slow_parse(body)
+        request = _slow_parse(body, n_features, max_instances)
         options = PredictOptions(request.coverage, request.top_k, request.include_logits, request.model)
         return options, list(request.instances)
 
 
-def _slow_parse(body: bytes) -> PredictRequest:
-    """The reference parse (what FastAPI did with the strict model): raises the precise error."""
+def _slow_parse(body: bytes, n_features: int | None, max_instances: int | None) -> PredictRequest:
+    """The reference parse (what FastAPI did with the strict model): raises the precise error.
+
+    Cheap checks first, in this order: too many instances (413), then rows wider than the model's
+    features (422, as ``rows_to_matrix`` words it); then the strict model, on at most a few bad rows."""
     if not body.strip():
         raise MalformedRequest("request body is required: a JSON object with 'instances'", {"field": "body"})
-    try:
-        value = json.loads(body)  # bytes: UTF-8 (with or without a BOM), UTF-16 and UTF-32, as RFC 8259 allows
-    except UnicodeDecodeError as error:
-        raise MalformedRequest(
-            f"request body could not be decoded as JSON ({error.reason})", {"field": "body"}
-        ) from None
-    except json.JSONDecodeError as error:
-        raise MalformedRequest(f"request body is not valid JSON: {error.msg}", {"field": "body"}) from None
-    except RecursionError:
-        raise MalformedRequest("request body is not valid JSON: nested too deeply", {"field": "body"}) from None
-    try:
-        return PredictRequest.model_validate(value, from_attributes=True)  # FastAPI's mode: same messages
-    except pydantic.ValidationError as error:
-        raise invalid_request(error.errors(include_url=False)) from None
+    value = load_json(body)
+    if isinstance(value, dict) and isinstance(rows := value.get("instances"), list):
+        if max_instances is not None:
+            check_instance_count(len(rows), max_instances)
+        if n_features is not None:
+            check_row_widths(rows, n_features)
+    request: PredictRequest = _validate_bounded(PredictRequest, value, "instances", _plain_row)
+    return request
+
+
+def _plain_row(row: Any) -> bool:
+    """A row the strict model surely accepts: a list or object of finite floats and ints (not bools)."""
+    values: Iterable[Any]
+    if isinstance(row, dict):
+        values = row.values()
+    elif isinstance(row, list):
+        values = row
+    else:
+        return False
+    return all((type(v) is float and v - v == 0.0) or (type(v) is int and -_FLOAT_MAX < v < _FLOAT_MAX) for v in values)
+
+
+def parse_feedback(body: bytes, max_items: int) -> FeedbackRequest:
+    """A /v1/feedback body, as strictly as FastAPI validated ``FeedbackRequest``, but with the item count
+    checked (413) before any item is validated, and only a few bad items validated one by one."""
+    if not body.strip():
+        raise MalformedRequest("request body is required: a JSON object with 'feedback'", {"field": "body"})
+    value = load_json(body)
+    if isinstance(value, dict) and isinstance(items := value.get("feedback"), list) and len(items) > max_items:
+        raise PayloadTooLarge(
+            f"{len(items)} feedback items exceed the limit of {max_items} (CALIBSERVE_MAX_FEEDBACK_ITEMS)",
+            {"field": "feedback", "limit": max_items},
+        )
+    request: FeedbackRequest = _validate_bounded(FeedbackRequest, value, "feedback", _plain_feedback_item, FeedbackItem)
+    return request
+
+
+def _plain_feedback_item(item: Any) -> bool:
+    """An item the strict model surely accepts (suspects are validated one by one, unknown keys trimmed)."""
+    if type(item) is not dict or len(item) != len(FeedbackItem.model_fields):
+        return False
+    prediction_id, label = item.get("prediction_id"), item.get("label")
+    return type(prediction_id) is str and 1 <= len(prediction_id) <= 64 and type(label) is str
 
 
 def check_instance_count(count: int, max_instances: int) -> None:
@@ -100,47 +390,83 @@ def parse_npy(
     options = _query_options(query)
     if not body:
         raise MalformedRequest("request body is required: an .npy file of shape [N, F]", {"field": "body"})
-    matrix = _read_npy(body, max_instances)
-    if matrix.ndim != 2 or matrix.shape[1] != n_features or matrix.shape[0] == 0:
-        raise InvalidInput(
-            f"features must have shape [N, {n_features}] with N >= 1, got {list(matrix.shape)}",
-            {"field": "body", "shape": list(matrix.shape), "expected": [-1, n_features]},
-        )
+    matrix = _read_npy(body, n_features, max_instances)
     return options, as_float32(np.asarray(matrix, dtype=np.float64), feature_names)
 
 
-def _read_npy(body: bytes, max_instances: int) -> NDArray[Any]:
-    """The array of an ``.npy`` body, read in place from the bytes after its header.
+NPY_MAGIC = b"\x93NUMPY"
+NPY_MAX_HEADER = 10_000  # numpy's own default (max_header_size): a real [N, F] header is ~100 bytes
+# Version -> (struct format of the header length, numpy's reader of that version's header).
+_NPY_VERSIONS = {
+    (1, 0): ("<H", np.lib.format.read_array_header_1_0),
+    (2, 0): ("<I", np.lib.format.read_array_header_2_0),
+}
+
+
+def _read_npy(body: bytes, n_features: int, max_instances: int) -> NDArray[Any]:
+    """The [N, F] array of an ``.npy`` body, read in place from the bytes after its header.
 
     Shape, dtype and size are checked from the header first: ``np.load`` would allocate whatever the
     header declares (a 200-byte body can declare a terabyte), and the data must be exactly as long as
-    the header says. Object dtypes (pickles) are refused, never loaded."""
+    the header says. Object dtypes (pickles) are refused, never loaded. Every refusal is in our words:
+    numpy's messages advise ``allow_pickle=True``, which a client of this service must never be told."""
     if body.startswith(b"PK\x03\x04"):
         raise MalformedRequest("request body is an .npz archive; send a single .npy array", {"field": "body"})
+    if not body.startswith(NPY_MAGIC) or len(body) < 10:
+        raise MalformedRequest(
+            "request body is not an .npy file (it does not start with \\x93NUMPY)", {"field": "body"}
+        )
+    version = (body[6], body[7])
+    if version not in _NPY_VERSIONS:
+        raise MalformedRequest(
+            f"request body is an .npy file of format version {version[0]}.{version[1]}; versions 1.0 and 2.0 are read",
+            {"field": "body"},
+        )
+    length_format, read_header = _NPY_VERSIONS[version]
+    if len(body) < 8 + struct.calcsize(length_format):
+        raise MalformedRequest("request body is not a valid .npy file: it ends inside its header", {"field": "body"})
+    (header_length,) = struct.unpack_from(length_format, body, 8)
+    if header_length > NPY_MAX_HEADER:
+        raise MalformedRequest(
+            f"request body is not a valid .npy file: its header is {header_length} bytes, more than the "
+            f"{NPY_MAX_HEADER} accepted",
+            {"field": "body"},
+        )
     stream = io.BytesIO(body)
+    stream.seek(8)
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except ValueError as error:
-        raise MalformedRequest(f"request body is not a valid .npy file: {error}", {"field": "body"}) from None
+        shape, fortran_order, dtype = read_header(stream, max_header_size=NPY_MAX_HEADER)
+    except Exception:  # numpy parses the header with ast.literal_eval and tokenize: ValueError,
+        # SyntaxError, TokenError, RecursionError, MemoryError... on hostile bytes. Every one means the same.
+        raise MalformedRequest(
+            "request body is not a valid .npy file: its header is not the dictionary of descr, fortran_order "
+            "and shape that numpy.save writes",
+            {"field": "body"},
+        ) from None
     if dtype.hasobject:
         raise MalformedRequest("request body is an .npy of Python objects (a pickle); send numbers", {"field": "body"})
+    if not all(type(dim) is int and dim >= 0 for dim in shape):  # numpy lets bools and negatives through
+        raise MalformedRequest(
+            f"request body is not a valid .npy file: its shape {shown(shape)} is not a tuple of sizes >= 0",
+            {"field": "body"},
+        )
     if len(shape) >= 1:
-        check_instance_count(int(shape[0]), max_instances)
+        check_instance_count(shape[0], max_instances)
     if dtype.kind not in "fiu" or dtype.itemsize > 8:
         raise InvalidInput(f"features must be {NPY_DTYPES}, got dtype {dtype}", {"field": "body", "dtype": str(dtype)})
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python ints: np.prod would overflow int64 on a hostile shape
     expected = count * dtype.itemsize
-    if len(body) - stream.tell() != expected:
+    data = len(body) - stream.tell()
+    if data != expected:
         raise MalformedRequest(
-            f"request body is not a valid .npy file: the header declares {list(shape)} {dtype} ({expected} bytes of "
-            f"data), the body carries {len(body) - stream.tell()}",
+            f"request body is not a valid .npy file: the header declares {shown(list(shape))} {dtype} "
+            f"({expected} bytes of data), the body carries {data}",
             {"field": "body"},
+        )
+    if len(shape) != 2 or shape[1] != n_features or shape[0] == 0:
+        raise InvalidInput(
+            f"features must have shape [N, {n_features}] with N >= 1, got {shown(list(shape))}",
+            {"field": "body", "shape": list(shape)[:8], "expected": [-1, n_features]},
         )
     flat = np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell())
     return flat.reshape(shape, order="F" if fortran_order else "C")
@@ -150,21 +476,13 @@ def _query_options(query: dict[str, str]) -> PredictOptions:
     unknown = sorted(set(query) - set(_QUERY_OPTIONS))
     if unknown:
         raise InvalidInput(
-            f"unknown query parameter(s) {', '.join(unknown)}; allowed: {', '.join(_QUERY_OPTIONS)}",
-            {"field": "query", "unknown": unknown},
+            f"unknown query parameter(s) {', '.join(name[:40] for name in unknown[:5])}; allowed: "
+            f"{', '.join(_QUERY_OPTIONS)}",
+            {"field": "query", "unknown": unknown[:50]},
         )
-    try:
-        coverage = float(query.get("coverage", "0.9"))
-    except ValueError:
-        raise InvalidInput(f"coverage must be a number, got {query['coverage']!r}", {"field": "coverage"}) from None
-    if not np.isfinite(coverage):
-        raise InvalidInput(f"coverage must be finite, got {query['coverage']!r}", {"field": "coverage"})
-    top_k: int | None = None
-    if "top_k" in query:
-        if not (query["top_k"].isascii() and query["top_k"].isdigit()) or int(query["top_k"]) < 1:
-            raise InvalidInput(f"top_k must be an integer >= 1, got {query['top_k']!r}", {"field": "top_k"})
-        top_k = int(query["top_k"])
+    coverage = parse_number(query["coverage"], "coverage") if "coverage" in query else 0.9
+    top_k = parse_count(query["top_k"], "top_k", minimum=1) if "top_k" in query else None
     flag = query.get("include_logits", "false").lower()
     if flag not in ("true", "false"):
-        raise InvalidInput(f"include_logits must be true or false, got {flag!r}", {"field": "include_logits"})
+        raise InvalidInput(f"include_logits must be true or false, got {shown(flag)}", {"field": "include_logits"})
     return PredictOptions(coverage, top_k, flag == "true", query.get("model"))

@@ -32,12 +32,25 @@ def rows_to_matrix(rows: Sequence[Row], n_features: int, feature_names: Sequence
             matrix[i] = _named_row(i, row, index, n_features)
         else:
             if len(row) != n_features:
-                raise InvalidInput(
-                    f"instances[{i}] has {len(row)} features; the model expects {n_features}",
-                    {"field": f"instances[{i}]", "expected": n_features, "got": len(row)},
-                )
+                raise _width_error(i, len(row), n_features)
             matrix[i] = row
     return as_float32(matrix, feature_names)
+
+
+def check_row_widths(rows: Sequence[object], n_features: int) -> None:
+    """Refuse the first row (list or object) with more than ``n_features`` values, as ``rows_to_matrix``
+    would: O(rows), so a parser can run it before validating any element (a row of two million strings
+    is refused for its width, not after two million type errors)."""
+    for i, row in enumerate(rows):
+        if isinstance(row, list | dict) and len(row) > n_features:
+            raise _width_error(i, len(row), n_features)
+
+
+def _width_error(i: int, width: int, n_features: int) -> InvalidInput:
+    return InvalidInput(
+        f"instances[{i}] has {width} features; the model expects {n_features}",
+        {"field": f"instances[{i}]", "expected": n_features, "got": width},
+    )
 
 
 def _named_row(i: int, row: Mapping[str, float], index: dict[str, int] | None, n_features: int) -> NDArray[np.float64]:

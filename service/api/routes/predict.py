@@ -3,18 +3,29 @@
 The handler reads the body itself (JSON through ``service.api.parsing``'s fast parse, or an ``.npy``
 matrix) instead of declaring a pydantic body: the schema is still published, from ``PredictRequest``,
 but a valid request is never validated element by element. ``async`` throughout: the work happens in
-the predictor's micro-batches, off the event loop.
+the predictor's micro-batches, off the event loop, and so does the parse of a large body
+(``parse_off_loop``: a few MB of JSON take tens of milliseconds to decode, even to refuse).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from numpy.typing import NDArray
 
 from service.api.deps import get_predictor, require_model
-from service.api.parsing import NPY_MEDIA_TYPE, PredictOptions, check_instance_count, parse_json, parse_npy
+from service.api.parsing import (
+    NPY_MEDIA_TYPE,
+    PredictOptions,
+    check_instance_count,
+    parse_json,
+    parse_npy,
+    parse_off_loop,
+)
 from service.api.render import encode_json, model_summary, model_summary_json, render_npz, render_predictions
 from service.api.schemas import ErrorResponse, PredictResponse
 from service.errors import InvalidInput
@@ -74,18 +85,18 @@ async def predict_response(request: Request, name: str | None) -> Response:
     io = engine.card.io
     body = await request.body()
     if _media_type(request.headers.get("content-type")) == NPY_MEDIA_TYPE:
-        options, features = parse_npy(body, dict(request.query_params), io.n_features, io.feature_names, max_instances)
+        query = dict(request.query_params)
+        options, features = await parse_off_loop(
+            body, partial(parse_npy, body, query, io.n_features, io.feature_names, max_instances)
+        )
         coverage = _check_options(engine, options)
     else:
         if request.scope.get("query_string"):
             raise InvalidInput(
                 "query parameters apply only to application/x-npy bodies; put the options in the JSON body",
-                {"field": "query", "got": sorted(request.query_params)},
+                {"field": "query", "got": sorted(request.query_params)[:50]},
             )
-        options, rows = parse_json(body)
-        check_instance_count(len(rows), max_instances)
-        coverage = _check_options(engine, options)  # unknown model or coverage: refused before looking at rows
-        features = rows_to_matrix(rows, io.n_features, io.feature_names)
+        options, coverage, features = await parse_off_loop(body, partial(_from_json, body, engine, max_instances))
     scored = await predictor.predict(features, coverage)
     if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
         model = model_summary(engine, coverage)
@@ -94,6 +105,17 @@ async def predict_response(request: Request, name: str | None) -> Response:
     predictions = render_predictions(engine, scored.prediction, scored.ids, options.top_k, options.include_logits)
     body = encode_json({"predictions": predictions, "model": model_summary_json(engine, coverage)})
     return Response(body, media_type="application/json")
+
+
+def _from_json(
+    body: bytes, engine: InferenceEngine, max_instances: int
+) -> tuple[PredictOptions, float, NDArray[np.float32]]:
+    """Options, conformal level and feature matrix of a JSON body (in a worker thread when it is large)."""
+    io = engine.card.io
+    options, rows = parse_json(body, io.n_features, max_instances)
+    check_instance_count(len(rows), max_instances)
+    coverage = _check_options(engine, options)  # unknown model or coverage: refused before looking at rows
+    return options, coverage, rows_to_matrix(rows, io.n_features, io.feature_names)
 
 
 def _check_options(engine: InferenceEngine, options: PredictOptions) -> float:
