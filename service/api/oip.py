@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service import __version__
-from service.api.parsing import check_instance_count
+from service.api.parsing import as_float, check_instance_count, parse_count, refuse_lone_surrogates, shown
 from service.calibration.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT
 from service.errors import InvalidInput, MalformedRequest
 from service.inference.engine import BatchPrediction, InferenceEngine
@@ -108,6 +108,7 @@ def parse_infer(
     except msgspec.ValidationError as error:
         raise MalformedRequest(f"invalid inference request: {error}", {"field": "body"}) from None
     except msgspec.DecodeError as error:
+        refuse_lone_surrogates(json_part, "inference request")  # msgspec calls that "Input data was truncated"
         raise MalformedRequest(f"inference request is not valid JSON: {error}", {"field": "body"}) from None
     parameters = header.parameters or {}
     features = _features(header.inputs, binary, n_features, feature_names, max_instances)
@@ -119,9 +120,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
         raise MalformedRequest("request body is required: an inference request", {"field": "body"})
     if header_length is None:
         return body, b""
-    if not (header_length.isascii() and header_length.strip().isdigit()):
-        raise MalformedRequest(f"Inference-Header-Content-Length must be a byte count, got {header_length!r}")
-    length = int(header_length)
+    length = parse_count(header_length.strip(), "Inference-Header-Content-Length", error=MalformedRequest)
     if length > len(body):
         raise MalformedRequest(
             f"Inference-Header-Content-Length is {length}, but the body has only {len(body)} bytes",
@@ -140,12 +139,14 @@ def _features(
     names = [tensor.name for tensor in inputs]
     if names != [INPUT_NAME]:
         unknown = sorted(set(names) - {INPUT_NAME})
-        problem = f"unknown input(s) {', '.join(map(repr, unknown))}" if unknown else f"inputs {names!r}"
+        problem = f"unknown input(s) {', '.join(map(shown, unknown[:5]))}" if unknown else f"inputs {shown(names)}"
         raise InvalidInput(f"{problem}: this model takes exactly one input, {INPUT_NAME!r} [-1, {n_features}]")
     tensor = inputs[0]
     dtype = _input_dtype(tensor.datatype)
     if len(tensor.shape) != 2 or tensor.shape[1] != n_features or tensor.shape[0] < 1:
-        raise InvalidInput(f"input {INPUT_NAME!r} must have shape [N, {n_features}] with N >= 1, got {tensor.shape}")
+        raise InvalidInput(
+            f"input {INPUT_NAME!r} must have shape [N, {n_features}] with N >= 1, got {shown(tensor.shape)}"
+        )
     check_instance_count(tensor.shape[0], max_instances)
     count = tensor.shape[0] * tensor.shape[1]
     values = _binary_values(tensor, binary, dtype, count) if _binary_size(tensor) is not None else None
@@ -162,7 +163,8 @@ def _features(
 def _input_dtype(datatype: str) -> np.dtype[Any]:
     if datatype not in INPUT_DTYPES:
         raise InvalidInput(
-            f"datatype {datatype!r} is not accepted for input {INPUT_NAME!r}; use one of {', '.join(INPUT_DTYPES)}",
+            f"datatype {shown(datatype)} is not accepted for input {INPUT_NAME!r}; use one of "
+            f"{', '.join(INPUT_DTYPES)}",
             {"field": "datatype"},
         )
     return np.dtype(INPUT_DTYPES[datatype])
@@ -173,7 +175,9 @@ def _binary_size(tensor: _Input) -> int | None:
     if size is None:
         return None
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise MalformedRequest(f"binary_data_size of input {tensor.name!r} must be a byte count, got {size!r}")
+        raise MalformedRequest(
+            f"binary_data_size of input {shown(tensor.name)} must be a byte count, got {shown(size)}"
+        )
     return size
 
 
@@ -207,9 +211,12 @@ def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[An
         except msgspec.ValidationError:
             continue
         try:
-            values = np.asarray(rows, dtype=np.int64 if integral else np.float64).ravel()
-        except (ValueError, OverflowError):
-            break  # ragged rows, or integers beyond int64
+            values = np.asarray(rows, dtype=_container(dtype)).ravel()
+        except OverflowError:  # integers beyond the 64-bit container: UINT64 -1, INT64 2**63, any 2**64
+            _refuse_out_of_range(rows, decoder is _NESTED_INTS, dtype, tensor.datatype, tensor.shape[1])
+            break
+        except ValueError:
+            break  # ragged rows
         if len(values) != count:
             raise InvalidInput(
                 f"input {INPUT_NAME!r} has {len(values)} values, but shape {tensor.shape} needs {count}",
@@ -220,6 +227,26 @@ def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[An
         f"input {INPUT_NAME!r} data must be {kind} ({tensor.datatype}) in a flat or row-nested list, row-major",
         {"field": "data"},
     )
+
+
+def _container(dtype: np.dtype[Any]) -> type[np.generic]:
+    """The 64-bit type JSON values are read into before ``_as_declared`` checks them against ``dtype``:
+    unsigned types need uint64 (UINT64 2**63 is a valid value, and the same tensor in binary is accepted),
+    signed ones int64, floats float64."""
+    return np.uint64 if dtype.kind == "u" else np.int64 if dtype.kind == "i" else np.float64
+
+
+def _refuse_out_of_range(rows: list[Any], nested: bool, dtype: np.dtype[Any], datatype: str, width: int) -> None:
+    """422 naming the first integer of ``rows`` outside ``dtype`` (as ``_as_declared`` would word it)."""
+    info = np.iinfo(dtype)
+    flat = (value for row in rows for value in row) if nested else iter(rows)
+    for position, value in enumerate(flat):
+        if not info.min <= value <= info.max:
+            row, column = divmod(position, width)
+            raise InvalidInput(
+                f"{INPUT_NAME}[{row}][{column}] = {shown(value)} is outside the range of {datatype} ({dtype.name})",
+                {"field": f"{INPUT_NAME}[{row}][{column}]"},
+            )
 
 
 def _as_declared(values: NDArray[Any], dtype: np.dtype[Any], datatype: str, width: int) -> NDArray[Any]:
@@ -261,7 +288,7 @@ def _requested_outputs(outputs: list[_Output] | None, parameters: dict[str, Any]
     unknown = [output.name for output in outputs if output.name not in OUTPUTS]
     if unknown:
         raise InvalidInput(
-            f"unknown output(s) {', '.join(map(repr, unknown))}; this model has {', '.join(OUTPUTS)}",
+            f"unknown output(s) {', '.join(map(shown, unknown[:5]))}; this model has {', '.join(OUTPUTS)}",
             {"field": "outputs"},
         )
     requested = []
@@ -275,7 +302,7 @@ def _requested_outputs(outputs: list[_Output] | None, parameters: dict[str, Any]
 def _flag(parameters: dict[str, Any], name: str) -> bool:
     value = parameters.get(name, False)
     if not isinstance(value, bool):
-        raise InvalidInput(f"parameter {name!r} must be true or false, got {value!r}", {"field": name})
+        raise InvalidInput(f"parameter {name!r} must be true or false, got {shown(value)}", {"field": name})
     return value
 
 
@@ -284,8 +311,8 @@ def _coverage(parameters: dict[str, Any]) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"parameter 'coverage' must be a number, got {value!r}", {"field": "coverage"})
-    return float(value)
+        raise InvalidInput(f"parameter 'coverage' must be a number, got {shown(value)}", {"field": "coverage"})
+    return as_float(value, "parameter 'coverage'")
 
 
 # -- responses -----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ validation limits, prediction log) as /v1. Errors on these routes take the proto
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,6 +21,7 @@ from service.api.oip import (
     parse_infer,
     server_metadata,
 )
+from service.api.parsing import parse_off_loop
 from service.errors import ModelNotFound, UnsupportedMediaType
 from service.inference.engine import InferenceEngine
 
@@ -112,7 +114,10 @@ async def infer_response(request: Request, name: str, version: str | None) -> Re
     io = engine.card.io
     body = await request.body()
     max_instances: int = request.app.state.settings.max_instances
-    parsed = parse_infer(body, request.headers.get(HEADER_LENGTH), io.n_features, io.feature_names, max_instances)
+    declared = request.headers.get(HEADER_LENGTH)
+    parsed = await parse_off_loop(
+        body, partial(parse_infer, body, declared, io.n_features, io.feature_names, max_instances)
+    )
     coverage = engine.resolve_coverage(parsed.coverage if parsed.coverage is not None else min(engine.coverages))
     scored = await get_predictor(request).predict(parsed.features, coverage)
     content, header_length = encode_infer_response(engine, parsed, scored.prediction, scored.ids, coverage)
