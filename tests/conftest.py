@@ -9,12 +9,21 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "digits"
+# Tests that train or read ONNX graphs need the `train` extra; without it they skip and say so.
+TRAIN_EXTRA = "needs the 'train' extra: pip install -e '.[train]'"
+TRAIN_EXTRA_MODULES = ("torch", "onnx", "onnxscript", "sklearn", "tqdm", "matplotlib")
+
+
+def require_train_extra() -> None:
+    """Skip the calling test (or fixture) unless every module of the `train` extra imports."""
+    for module in TRAIN_EXTRA_MODULES:
+        pytest.importorskip(module, reason=f"{module} is missing; {TRAIN_EXTRA}")
 
 
 @pytest.fixture(scope="session")
 def tiny_artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real digits artifact from a short training run (a few seconds), shared by the session."""
-    pytest.importorskip("torch", reason="training needs the 'train' extra")
+    require_train_extra()
     from service.training.config import TrainConfig
     from service.training.data import load_dataset
     from service.training.export import write_artifact

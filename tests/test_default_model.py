@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
+from tests.conftest import DEFAULT_MODEL_DIR, TRAIN_EXTRA
+
+pytest.importorskip("onnx", reason=f"onnx is missing; {TRAIN_EXTRA}")
+
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 
 from service.calibration.card import CARD_METADATA_KEY, CalibrationCard
 from service.calibration.metrics import accuracy, nll
-from tests.conftest import DEFAULT_MODEL_DIR
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
-import onnx
 import pytest
+
+from tests.conftest import TRAIN_EXTRA
+
+pytest.importorskip("onnx", reason=f"onnx is missing; {TRAIN_EXTRA}")
+
+import onnx
 
 from service.calibration.card import CARD_METADATA_KEY
 from service.errors import ArtifactError

@@ -6,10 +6,17 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import TRAIN_EXTRA
+
+pytest.importorskip("onnx", reason=f"onnx is missing; {TRAIN_EXTRA}")
+pytest.importorskip("torch", reason=f"torch is missing; {TRAIN_EXTRA}")
+pytest.importorskip("tqdm", reason=f"tqdm is missing; {TRAIN_EXTRA}")
+
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
