@@ -20,7 +20,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service import __version__
-from service.api.parsing import as_float, check_instance_count, parse_count, refuse_lone_surrogates, shown
+from service.api.parsing import (
+    OFF_LOOP_BYTES,
+    as_float,
+    check_instance_count,
+    is_array,
+    parse_count,
+    raw_items,
+    refuse_lone_surrogates,
+    shown,
+)
 from service.calibration.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT
 from service.errors import InvalidInput, MalformedRequest
 from service.inference.engine import BatchPrediction, InferenceEngine
@@ -202,6 +211,8 @@ def _binary_values(tensor: _Input, binary: bytes, dtype: np.dtype[Any], count: i
 def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[Any]:
     if not len(tensor.data):
         raise InvalidInput(f"input {INPUT_NAME!r} has neither data nor binary_data_size")
+    if len(tensor.data) > OFF_LOOP_BYTES:
+        _gate_values(tensor, count)
     integral = dtype.kind in "iu"
     kind = "integers" if integral else "numbers"
     decoders = (_FLAT_INTS, _NESTED_INTS) if integral else (_FLAT_FLOATS, _NESTED_FLOATS)
@@ -225,6 +236,30 @@ def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[An
         return _as_declared(values, dtype, tensor.datatype, tensor.shape[1])
     raise InvalidInput(
         f"input {INPUT_NAME!r} data must be {kind} ({tensor.datatype}) in a flat or row-nested list, row-major",
+        {"field": "data"},
+    )
+
+
+def _gate_values(tensor: _Input, count: int) -> None:
+    """More values than the shape needs, flat or in a row, refused before any is decoded (``raw_items``:
+    a row of two million numbers costs microseconds to refuse instead of 100+ ms and 50 MB)."""
+    if not is_array(tensor.data):
+        return
+    items = raw_items(tensor.data, count)
+    rows, width = tensor.shape
+    if items is None:
+        problem = f"has more than {count} values"
+    elif items and is_array(items[0]) and len(items) > rows:  # row-nested
+        problem = f"has {len(items)} rows"
+    elif items and is_array(items[0]):
+        wide = (i for i, row in enumerate(items) if is_array(row) and raw_items(row, width) is None)
+        if (too_long := next(wide, None)) is None:
+            return
+        problem = f"row {too_long} has more than {width} values"
+    else:
+        return
+    raise InvalidInput(
+        f"input {INPUT_NAME!r} {problem}, but shape {tensor.shape} needs {count} in {rows} rows of {width}",
         {"field": "data"},
     )
 
