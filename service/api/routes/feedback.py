@@ -1,16 +1,24 @@
-"""POST /v1/feedback: true labels for logged predictions, the input of live calibration."""
+"""POST /v1/feedback: true labels for logged predictions, the input of live calibration.
+
+The body is read and validated here (``read_feedback``), not by FastAPI: its item count is checked before
+any item is validated, a large body is parsed off the event loop, and every JSON problem reads as on
+/v1/predict (``service.api.parsing``). ``FeedbackRequest`` stays the published schema.
+"""
 
 from __future__ import annotations
 
 import hmac
 from collections import Counter
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 
 from service.api.deps import get_engine, get_monitor, get_settings
+from service.api.parsing import parse_feedback, parse_off_loop, shown
 from service.api.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
-from service.errors import InvalidInput, PayloadTooLarge, Unauthorized
+from service.errors import InvalidInput, Unauthorized
 from service.inference.engine import InferenceEngine
 from service.monitoring.monitor import Monitor
 from service.settings import Settings
@@ -30,28 +38,58 @@ def require_api_key(request: Request, settings: Settings = Depends(get_settings)
         raise Unauthorized("feedback needs 'Authorization: Bearer <CALIBSERVE_API_KEY>'")
 
 
-@router.post("/v1/feedback", response_model=FeedbackResponse, responses=ERRORS, dependencies=[Depends(require_api_key)])
+async def read_feedback(request: Request, settings: Settings = Depends(get_settings)) -> FeedbackRequest:
+    """The body as ``FeedbackRequest`` (after the API key: an unauthorised body is never parsed)."""
+    body = await request.body()
+    return await parse_off_loop(body, partial(parse_feedback, body, settings.max_feedback_items))
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` substituted in place: ``openapi_extra`` cannot add
+    components, and the route no longer declares a pydantic body that would."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+REQUEST_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": _inline_schema(FeedbackRequest)}}}
+}
+
+
+@router.post(
+    "/v1/feedback",
+    response_model=FeedbackResponse,
+    responses=ERRORS,
+    dependencies=[Depends(require_api_key)],
+    openapi_extra=REQUEST_BODY,
+)
 def feedback(
-    request: FeedbackRequest,
+    request: FeedbackRequest = Depends(read_feedback),
     engine: InferenceEngine = Depends(get_engine),
     monitor: Monitor = Depends(get_monitor),
     settings: Settings = Depends(get_settings),
 ) -> dict[str, Any]:
     """Record the true label of earlier predictions: recorded, duplicate (same label), conflict, unknown_id."""
-    items = request.feedback
-    if len(items) > settings.max_feedback_items:
-        raise PayloadTooLarge(
-            f"{len(items)} feedback items exceed the limit of {settings.max_feedback_items} "
-            "(CALIBSERVE_MAX_FEEDBACK_ITEMS)",
-            {"field": "feedback", "limit": settings.max_feedback_items},
-        )
+    items = request.feedback  # at most CALIBSERVE_MAX_FEEDBACK_ITEMS (413 from read_feedback)
     index = {label: i for i, label in enumerate(engine.card.classes)}
     unknown = sorted({item.label for item in items if item.label not in index})
     if unknown:
         raise InvalidInput(
-            f"unknown label(s) {', '.join(map(repr, unknown[:5]))}; this model's classes are "
+            f"unknown label(s) {', '.join(map(shown, unknown[:5]))}; this model's classes are "
             f"{', '.join(engine.card.classes)}",
-            {"field": "feedback[].label", "unknown": unknown[:50]},
+            {"field": "feedback[].label", "unknown": [label[:100] for label in unknown[:50]]},
         )
     statuses = monitor.feedback([(item.prediction_id, index[item.label]) for item in items])
     return {
