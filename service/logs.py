@@ -1,8 +1,9 @@
 """Logging for the service: readable text by default, one JSON object per line for log pipelines.
 
-The request id lives in a context variable, set by the API's outermost middleware for the duration of a
-request: every log record made while answering it (ours, and uvicorn's error lines) carries it, without
-any function passing it along. Nothing here imports FastAPI, so domain modules may log freely.
+The request id lives in a context variable (``service.request_context``), set by the API's outermost
+middleware for the duration of a request: every log record made while answering it (ours, and uvicorn's
+error lines) carries it, without any function passing it along. Nothing here imports FastAPI, so domain
+modules may log freely.
 """
 
 from __future__ import annotations
@@ -10,21 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextvars import ContextVar
 from typing import Any, Literal
 
-LogFormat = Literal["text", "json"]
+from service.request_context import REQUEST_ID
 
-REQUEST_ID: ContextVar[str | None] = ContextVar("calibserve_request_id", default=None)
+LogFormat = Literal["text", "json"]
 
 # Fields an access record carries (``logger.info(..., extra=access_fields(...))``); the JSON formatter
 # writes each one that is present as its own key, the text formatter appends them to the message.
 ACCESS_FIELDS = ("method", "route", "path", "status", "duration_ms", "client", "model", "version")
 _LOGGERS = ("calibserve", "uvicorn", "uvicorn.error")
-
-
-def current_request_id() -> str | None:
-    return REQUEST_ID.get()
 
 
 class RequestIdFilter(logging.Filter):

@@ -17,11 +17,12 @@ from fastapi import FastAPI
 from service import __version__
 from service.api import connections
 from service.api.errors import install_error_handlers
-from service.api.middleware import BodyGuard, RequestContext
+from service.api.middleware import AdmissionGate, BodyGuard, RequestContext
 from service.api.openapi import install_model_openapi
 from service.api.parsing import NPY_MEDIA_TYPE
 from service.api.routes import feedback, health, models, predict, v2
 from service.api.shortcut import HotRoutes
+from service.inference.admission import Admission
 from service.inference.artifact import load_artifact
 from service.inference.engine import InferenceEngine
 from service.logs import configure_logging
@@ -98,6 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = None
     install_error_handlers(app)
     app.add_middleware(HotRoutes, fastapi=app)  # added first: the innermost, inside the guards
+    admission = Admission(settings.max_concurrent_requests, settings.queue_timeout_ms / 1000)
+    app.state.admission = admission
+    app.add_middleware(AdmissionGate, admission=admission)  # inside the guards, before the body is read
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, binary_routes={NPY_MEDIA_TYPE: ("/predict",)})
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestContext, served_model=lambda: _served(app))  # outermost: ids on every answer

@@ -17,6 +17,7 @@ import resource
 import time
 
 from service.monitoring.prometheus import CONNECTIONS_REFUSED
+from service.request_context import SCOPE_RECEIVED_AT
 
 try:
     import httptools  # noqa: F401  (uvicorn's fast parser: the default install has it)
@@ -83,6 +84,13 @@ class CappedHTTPProtocol(_UvicornHTTPProtocol):
             _refuse(transport)
             return
         super().connection_made(transport)
+
+    def on_headers_complete(self) -> None:
+        """Stamps the arrival time on the scope: under overload a request can wait longer for the event loop
+        than in the inference queue, and the queue deadline must count both (service/request_context.py).
+        The request's task is created here but runs later, so the stamp is there when it starts."""
+        self.scope[SCOPE_RECEIVED_AT] = time.monotonic()  # type: ignore[literal-required]
+        super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
         if not self._refused:

@@ -37,7 +37,7 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from service.logs import current_request_id
+from service.request_context import current_request_id
 
 logger = logging.getLogger("calibserve.api")
 
@@ -168,7 +168,9 @@ def invalid_request(errors: Sequence[Any]) -> ServiceError:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
-        if status_for(exc) >= 500 and not isinstance(exc, InternalError):
+        if status_for(exc) >= 500 and not isinstance(exc, InternalError | Overloaded | StoreUnavailable):
+            # Shedding and an unavailable store are counted in /metrics and logged where they happen:
+            # a line per refused request would flood the log exactly when the server is busiest.
             logger.error("%s: %s", type(exc).__name__, exc.message)
         return render_error(request.url.path, exc)
 

@@ -9,6 +9,7 @@ Their errors go through the one renderer (``service.api.errors.render_error``), 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -17,8 +18,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import is_v2, render_error
-from service.errors import PayloadTooLarge, ServiceError, UnsupportedMediaType
-from service.logs import REQUEST_ID
+from service.errors import Overloaded, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from service.inference.admission import Admission
+from service.monitoring.prometheus import SHED
+from service.request_context import RECEIVED_AT, REQUEST_ID, SCOPE_RECEIVED_AT, received_at
 
 access_logger = logging.getLogger("calibserve.access")
 
@@ -54,6 +57,7 @@ class RequestContext:
         supplied = next((value for name, value in scope["headers"] if name.lower() == REQUEST_ID_HEADER), None)
         request_id = accepted_request_id(supplied)
         token = REQUEST_ID.set(request_id)
+        received = RECEIVED_AT.set(scope.get(SCOPE_RECEIVED_AT) or time.monotonic())
         header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         started = time.perf_counter()
         status = 500
@@ -71,6 +75,7 @@ class RequestContext:
             if access_logger.isEnabledFor(logging.INFO):
                 _log_access(scope, status, time.perf_counter() - started, self.served_model())
             REQUEST_ID.reset(token)
+            RECEIVED_AT.reset(received)
 
 
 def _log_access(scope: Scope, status: int, seconds: float, model: tuple[str, str] | None) -> None:
@@ -176,13 +181,20 @@ class BodyGuard:
         received = 0
         response_started = False
 
+        chunks = 0
+
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, chunks
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                chunks += 1
                 if received > self.max_body_bytes:
                     raise BodyTooLarge(self.max_body_bytes, received)
+                if chunks > 1 and not message.get("more_body", False):
+                    # A body that streamed in: the queue deadline counts from its end, so a slow upload is
+                    # not mistaken for time spent waiting on an overloaded server.
+                    RECEIVED_AT.set(time.monotonic())
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -213,3 +225,30 @@ def _declared_length(value: str | None) -> int | None:
     if not (digits.isascii() and digits.isdigit()):
         return None
     return int(digits) if len(digits) <= 18 else 10**18
+
+
+INFERENCE_PATH = re.compile(r"^/v1/(?:models/[^/]+/)?predict$|^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$")
+
+
+class AdmissionGate:
+    """Inference requests pass ``Admission`` before their body is read; others (health, metrics, feedback)
+    are never held back by inference load."""
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not INFERENCE_PATH.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.admission.acquire(received_at())
+        except Overloaded as refused:
+            SHED.labels(reason=str(refused.details["reason"])).inc()
+            await send_error(scope, receive, send, refused)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.release()

@@ -24,12 +24,14 @@ Generic over the job and result types and free of HTTP, so the same batcher serv
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from service.errors import ModelNotReady, Overloaded
+from service.request_context import received_at
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -43,7 +45,7 @@ class _Pending(Generic[Job, Result]):
     job: Job
     rows: int
     future: asyncio.Future[Result]
-    deadline: float  # loop time after which the job is refused instead of scored
+    deadline: float  # time.monotonic() after which the job is refused instead of scored
 
 
 class MicroBatcher(Generic[Job, Result]):
@@ -113,8 +115,13 @@ class MicroBatcher(Generic[Job, Result]):
                     "retry_after": 1,
                 },
             )
+        deadline = received_at() + self.queue_timeout_s if self.queue_timeout_s is not None else float("inf")
+        if deadline <= time.monotonic():
+            # Already past it when it reaches the queue (it waited for the event loop): refused before queueing,
+            # which is the cheapest answer there is.
+            self.shed["queue_timeout"] += 1
+            raise self._timeout_error(time.monotonic() - deadline)
         future: asyncio.Future[Result] = loop.create_future()
-        deadline = loop.time() + self.queue_timeout_s if self.queue_timeout_s is not None else float("inf")
         self.queued_rows += rows
         self._queue.put_nowait(_Pending(job, rows, future, deadline))
         return await future
@@ -144,15 +151,17 @@ class MicroBatcher(Generic[Job, Result]):
         self.queued_rows -= pending.rows
         if not pending.future.done():
             self.shed["queue_timeout"] += 1
-            waited_ms = (now - pending.deadline + (self.queue_timeout_s or 0.0)) * 1000
-            pending.future.set_exception(
-                Overloaded(
-                    f"the request waited {waited_ms:.0f} ms for inference, past the queue deadline of "
-                    f"{(self.queue_timeout_s or 0.0) * 1000:.0f} ms (CALIBSERVE_QUEUE_TIMEOUT_MS); retry shortly",
-                    {"reason": "queue_timeout", "waited_ms": round(waited_ms, 1), "retry_after": 1},
-                )
-            )
+            pending.future.set_exception(self._timeout_error(now - pending.deadline))
         return True
+
+    def _timeout_error(self, late_s: float) -> Overloaded:
+        timeout_ms = (self.queue_timeout_s or 0.0) * 1000
+        waited_ms = timeout_ms + late_s * 1000
+        return Overloaded(
+            f"the request waited {waited_ms:.0f} ms for inference, past the queue deadline of {timeout_ms:.0f} ms "
+            "(CALIBSERVE_QUEUE_TIMEOUT_MS); retry shortly",
+            {"reason": "queue_timeout", "waited_ms": round(waited_ms, 1), "retry_after": 1},
+        )
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -163,7 +172,7 @@ class MicroBatcher(Generic[Job, Result]):
             carried = None
             if first is None:
                 return
-            if self._expired(first, loop.time()):
+            if self._expired(first, time.monotonic()):
                 continue
             batch, carried, stopping = await self._gather(first, loop)
             live = [pending for pending in batch if not pending.future.done()]
@@ -197,7 +206,7 @@ class MicroBatcher(Generic[Job, Result]):
                 pending = self._queue.get_nowait()
             if pending is None:
                 return batch, None, True
-            if self._expired(pending, loop.time()):
+            if self._expired(pending, time.monotonic()):
                 continue
             if rows + pending.rows > self.max_rows:
                 return batch, pending, False

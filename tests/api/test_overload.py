@@ -97,3 +97,30 @@ def test_a_request_past_the_queue_deadline_is_a_503_and_the_one_being_scored_is_
     assert error["details"]["reason"] == "queue_timeout" and "CALIBSERVE_QUEUE_TIMEOUT_MS" in error["message"]
     assert late.headers["retry-after"] == "1"
     assert after - before == 1
+
+
+def test_past_the_concurrency_bound_a_request_waits_unread_and_is_refused_at_its_deadline() -> None:
+    release = threading.Event()
+    with serve(settings_for(max_concurrent_requests=1, queue_timeout_ms=50)) as served:
+        batcher = served.app.state.predictor.batcher
+        admission = served.app.state.admission
+        blocker = batcher._executor.submit(release.wait, 10)
+
+        async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+            first = asyncio.create_task(client.post("/v1/predict", json={"instances": [ROW]}))
+            await until(lambda: batcher.jobs == 1)  # admitted and taken into a batch
+            refused = await client.post("/v2/models/digits/infer", json=V2_BODY)  # waits at the gate, then 503
+            health = await client.get("/health/live")  # never held back by inference load
+            release.set()
+            return await first, refused, health
+
+        try:
+            first, refused, health = served.run(scenario)
+        finally:
+            release.set()
+            blocker.result(10)
+        assert admission.in_flight == 0 and admission.waiting == 0
+
+    assert first.status_code == 200 and health.status_code == 200
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "CALIBSERVE_MAX_CONCURRENT_REQUESTS" in refused.json()["error"]
