@@ -69,13 +69,23 @@ class Settings(BaseSettings):
         ge=1,
         description="most rows waiting for inference per model; a request that does not fit is refused with 503",
     )
+    max_concurrent_requests: int = Field(
+        128,
+        ge=1,
+        description="inference requests parsed, scored or answered at once per worker; more wait, newest first "
+        "(their bodies unread) until the queue deadline",
+    )
     queue_timeout_ms: float = Field(
         100.0,
         gt=0.0,
         description="a request still queued after this long is refused with 503 (one being scored is never dropped)",
     )
-    limit_concurrency: int = Field(
-        1024, ge=1, description="uvicorn: most connections and requests at once per worker; more get 503"
+    limit_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="uvicorn: most connections or requests at once per worker, more get uvicorn's plain 503 (unset: "
+        "max_connections + 1, so the connection cap decides; uvicorn counts connections too, so a value at or "
+        "below max_connections refuses requests of connections it accepted)",
     )
     max_connections: int = Field(
         4096,
@@ -121,7 +131,7 @@ class Settings(BaseSettings):
         "pending and counts once the prediction lands",
     )
 
-    @field_validator("api_key", "abstain_below", "target_accuracy", "window_hours", mode="before")
+    @field_validator("api_key", "abstain_below", "target_accuracy", "window_hours", "limit_concurrency", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # compose passes `${CALIBSERVE_API_KEY:-}` as an empty string: that means "not set", not "empty key".
