@@ -1,6 +1,9 @@
 # calibserve: the REST service on the bundled model (runtime dependencies only: no torch, no compilers).
 #   docker build -t calibserve .
 #   docker run --rm -p 8000:8000 calibserve
+# The bundled model is package data of the installed wheel (service/bundled_models/digits, mapped from
+# models/digits by pyproject.toml): the default needs no CALIBSERVE_MODEL_PATH. Your own models: mount them
+# (e.g. at /app/models) and set CALIBSERVE_MODEL_PATH.
 # The base image is an argument so that machines without a registry can build on a local Python image.
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -12,6 +15,7 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY models/digits ./models/digits
 # Runtime dependencies only; then drop what a server never runs: pip itself, setuptools, test suites.
 RUN /opt/venv/bin/pip install --no-compile . \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
@@ -24,14 +28,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CALIBSERVE_HOST=0.0.0.0 \
     CALIBSERVE_PORT=8000 \
-    CALIBSERVE_MODEL_PATH=/app/models/digits \
     CALIBSERVE_DATA_DIR=/data
 RUN groupadd --system --gid 10001 calibserve \
  && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home calibserve \
  && mkdir -p /app/models /data \
  && chown 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
-COPY models /app/models
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8000

@@ -132,6 +132,17 @@ def test_container_serves_calibrated_predictions(container: tuple[str, int, floa
         time.sleep(0.2)
 
 
+def test_default_model_is_the_packaged_one(container: tuple[str, int, float]) -> None:
+    """No CALIBSERVE_MODEL_PATH in the image: the default is the wheel's package data, not a copied directory."""
+    name, _, _ = container
+    probe = "import os; from service.settings import Settings; print(os.environ.get('CALIBSERVE_MODEL_PATH'), "
+    probe += "Settings().model_path)"
+    unset, path = run(ENGINE, "exec", name, "python", "-c", probe).stdout.split()
+    assert unset == "None"
+    assert path.startswith("/opt/venv/") and path.endswith("/service/bundled_models/digits"), path
+    assert run(ENGINE, "exec", name, "ls", "/app/models").stdout.strip() == ""  # a mount point for your own
+
+
 def test_image_healthcheck_command_reports_ready(container: tuple[str, int, float]) -> None:
     name, _, _ = container
     assert run(ENGINE, "exec", name, "calibserve", "healthcheck").returncode == 0
