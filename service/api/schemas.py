@@ -158,7 +158,12 @@ class FeedbackRequest(BaseModel):
 
 class FeedbackResult(BaseModel):
     prediction_id: str
-    status: Literal["recorded", "duplicate", "conflict", "unknown_id"]
+    status: Literal["recorded", "pending", "duplicate", "conflict", "unknown_id"] = Field(
+        description="recorded: attached to its prediction; pending: kept for a recent id whose prediction is "
+        "not logged yet (it counts once that lands; do not resend); duplicate: same label as before; "
+        "conflict: a different label was recorded first (it stands); unknown_id: not an id of this service "
+        "(malformed, or older than the pending window and not logged): nothing was kept"
+    )
 
 
 class FeedbackResponse(BaseModel):

@@ -7,11 +7,15 @@ process a 12-bit counter in ``rand_a`` keeps ids made in the same millisecond in
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid
 
 import numpy as np
+
+# The canonical text ``new_ids`` writes: lower-case hex, version 7, RFC 9562 variant (8, 9, a or b).
+_UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -50,3 +54,22 @@ def new_ids(count: int) -> list[str]:
 def id_time(prediction_id: str) -> float:
     """Unix seconds encoded in a UUIDv7."""
     return (uuid.UUID(prediction_id).int >> 80) / 1000.0
+
+
+def parse_id_time(text: str) -> float | None:
+    """Unix seconds of an id written as ``new_ids`` writes them, or None for anything else.
+
+    Feedback may arrive before its prediction is visible (another process still holds the row in its
+    queue): only an id this service could have made recently is worth keeping for later, so the shape
+    is checked exactly (a UUIDv4, upper case or braces are not ours) before its time is read.
+    """
+    if _UUID7.fullmatch(text) is None:
+        return None
+    return int(text[:8] + text[9:13], 16) / 1000.0
+
+
+def id_floor(unix_seconds: float) -> str:
+    """The smallest id text made at or after ``unix_seconds``: ids sort by time as strings, so
+    ``prediction_id < id_floor(t)`` selects the ids made before ``t`` (rounded down to the millisecond)."""
+    digits = f"{max(0, int(unix_seconds * 1000)):012x}"
+    return f"{digits[:8]}-{digits[8:12]}-7000-8000-000000000000"

@@ -6,6 +6,18 @@ dropped row is counted, never silent. ``close()`` drains the queue, so a gracefu
 acknowledged prediction. Several processes may share the file: WAL lets readers run beside the one
 writer at a time, and a busy timeout serialises the writers. A ``kill -9`` loses only rows that were
 still queued; committed rows survive and the file reopens cleanly (WAL recovery).
+
+The store may go away under a running server (the directory deleted, or something else put in its
+place). Predictions go on regardless: the writer notices before each commit that the file it holds is
+no longer the one at ``path``, starts a new one there if it can, and otherwise drops and counts the
+rows, says so once in the log and through ``store_problem()``, and tries again every second. Reads and
+feedback raise ``StoreUnavailable`` (a 503 with Retry-After) instead of failing obscurely. A file
+that is not a database at start-up is moved aside, never deleted, and a fresh log is started.
+
+Feedback may arrive before its prediction is visible here (another process still holds the row in its
+queue): a label for an id this service could have made recently is stored as ``pending``; the live
+window joins it with its prediction when that row lands, and the retention pass drops it if the
+prediction never comes.
 """
 
 from __future__ import annotations
@@ -15,8 +27,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -25,10 +37,21 @@ from typing import Literal, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from service.errors import StoreUnavailable
+from service.monitoring.ids import id_floor, parse_id_time
+
 logger = logging.getLogger("calibserve.log")
 
-FeedbackStatus = Literal["recorded", "duplicate", "conflict", "unknown_id"]
+FeedbackStatus = Literal["recorded", "pending", "duplicate", "conflict", "unknown_id"]
 QueueFullPolicy = Literal["wait", "drop"]
+
+# An id up to this far in the future still counts as ours: another host's clock may run a little ahead.
+CLOCK_SKEW_S = 30.0
+# How long a client should wait after a 503 for an unavailable store, and how often the writer retries it.
+RETRY_AFTER_S = 5
+REOPEN_INTERVAL_S = 1.0
+# Ids per ``IN (...)`` list: well below SQLite's parameter limit (32766 since 3.32, 999 before).
+CHUNK = 500
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -67,6 +90,15 @@ class PredictionRecord(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class StoreProblem:
+    """Why the writer cannot write the log now: where, what the system said, and since when (Unix s)."""
+
+    path: str
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
 class LogStats:
     queue_depth: int
     queue_capacity: int
@@ -75,12 +107,113 @@ class LogStats:
     on_full: QueueFullPolicy
 
 
-def connect(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")  # in WAL: durable across process crashes, fast commits
-    connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+def connect(path: Path, timeout: float = 10.0, *, create: bool = True) -> sqlite3.Connection:
+    """A connection in WAL mode; ``create=False`` (readers) never makes a file where the log is missing,
+    so a read cannot leave an empty database without tables behind for the writer to trip over."""
+    target = str(path) if create else path.resolve().as_uri() + "?mode=rw"
+    connection = sqlite3.connect(target, timeout=timeout, isolation_level=None, check_same_thread=False, uri=not create)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")  # in WAL: durable across process crashes, fast commits
+        connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    except BaseException:
+        connection.close()
+        raise
     return connection
+
+
+FileIdentity = tuple[int, int]
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    """(device, inode) of the file at ``path``, None if there is none: a different answer than at open
+    time means the file was deleted or replaced under an open connection, which would go on writing
+    into a file nobody can see."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def open_store(path: Path) -> tuple[sqlite3.Connection, FileIdentity]:
+    """A writer's connection with the schema in place (directory and file created if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = connect(path)
+    try:
+        connection.executescript(SCHEMA)
+        identity = file_identity(path)
+        if identity is None:
+            raise sqlite3.OperationalError(f"{path} vanished while it was being opened")
+    except BaseException:
+        connection.close()
+        raise
+    return connection, identity
+
+
+def is_corrupt(error: sqlite3.Error) -> bool:
+    """The file at the path is not (or no longer) a readable SQLite database."""
+    return getattr(error, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+
+def is_store_failure(error: BaseException) -> bool:
+    """Failures of the store itself (missing, locked, read-only, full, corrupt, I/O), as opposed to a
+    mistake in our own SQL (``ProgrammingError``, ``IntegrityError``...), which must stay a loud 500."""
+    return isinstance(error, OSError | sqlite3.OperationalError) or type(error) is sqlite3.DatabaseError
+
+
+def describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a corrupt log (and its WAL and shared-memory files, so a new database never replays the
+    old WAL) to ``<name>.corrupt-<UTC time>``: kept for a post-mortem, out of the way of a fresh log."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    attempt = 1
+    while target.exists():
+        attempt += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{attempt}")
+    path.rename(target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    return target
+
+
+def open_or_recover(path: Path) -> tuple[sqlite3.Connection, FileIdentity]:
+    """``open_store`` at start-up; a file that is not a database is moved aside and a fresh log started.
+
+    Several workers may start on the same corrupt file at once: only the file that was found corrupt is
+    moved (its inode is compared first), so a worker never moves away the fresh log another one made.
+    """
+    for _ in range(3):
+        found = file_identity(path)
+        try:
+            return open_store(path)
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            if found is None or file_identity(path) != found:
+                continue  # another process moved it (and may have started the fresh log): look again
+            try:
+                moved = move_aside(path)
+            except FileNotFoundError:
+                continue
+            logger.error(
+                "prediction log %s is not a usable SQLite database (%s): moved it aside to %s and started a new log",
+                path,
+                describe(exc),
+                moved,
+            )
+    return open_store(path)
+
+
+def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), CHUNK):
+        yield values[start : start + CHUNK]
 
 
 def records_for_batch(
@@ -123,11 +256,14 @@ class RowQueue:
 
     ``put`` accepts what fits, then waits up to ``timeout`` for room for the rest; the writer's ``take``
     returns up to ``batch`` rows, lingering briefly for more so concurrent requests share a commit.
+    ``on_depth`` hears the new depth after every change, under the lock, so a gauge fed from it ends at
+    the queue's real depth (0 on an idle server) and never goes back to an older value.
     """
 
-    def __init__(self, capacity: int, batch: int) -> None:
+    def __init__(self, capacity: int, batch: int, on_depth: Callable[[int], None] | None = None) -> None:
         self.capacity = capacity
         self._batch = batch
+        self._on_depth = on_depth
         self._rows: deque[PredictionRecord] = deque()
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
@@ -156,6 +292,8 @@ class RowQueue:
                 if remaining <= 0:
                     break
                 self._not_full.wait(remaining)
+            if accepted and self._on_depth is not None:
+                self._on_depth(len(self._rows))
         return accepted
 
     def take(self, wait: float, linger: float) -> tuple[list[PredictionRecord], bool]:
@@ -169,6 +307,8 @@ class RowQueue:
             rows = [self._rows.popleft() for _ in range(count)]
             if rows:
                 self._not_full.notify_all()
+                if self._on_depth is not None:
+                    self._on_depth(len(self._rows))
             return rows, self._closed and not self._rows
 
     def close(self) -> None:
@@ -191,10 +331,15 @@ class PredictionLog:
         retention_days: float | None = 30.0,
         retention_rows: int | None = 1_000_000,
         prune_interval: float = 60.0,
+        feedback_pending_seconds: float = 300.0,
+        on_dropped: Callable[[int], None] | None = None,
+        on_queue_depth: Callable[[int], None] | None = None,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """``on_dropped`` hears every row that was acknowledged but will never be in the file (queue full,
+        store unavailable, write error) and ``on_queue_depth`` every change of the queue's depth: the
+        monitor feeds its Prometheus metrics from them, whichever thread the event happens on."""
         self.path = path
-        self._queue = RowQueue(queue_size, batch_size)
+        self._queue = RowQueue(queue_size, batch_size, on_queue_depth)
         self._capacity = queue_size
         self._on_full = on_full
         self._wait_timeout = wait_timeout
@@ -204,13 +349,20 @@ class PredictionLog:
         self._retention_days = retention_days
         self._retention_rows = retention_rows
         self._prune_interval = prune_interval
+        self._pending_seconds = feedback_pending_seconds
+        self._on_dropped = on_dropped
         self._written = 0
         self._dropped = 0
         self._counter_lock = threading.Lock()
         self._idle = threading.Condition()
         self._pending = 0
-        with closing(connect(path)) as connection:
-            connection.executescript(SCHEMA)
+        # The writer thread's own: its connection, the identity of the file it opened, when to retry.
+        self._connection: sqlite3.Connection | None
+        self._identity: FileIdentity | None
+        self._connection, self._identity = open_or_recover(path)
+        self._reopen_at = 0.0
+        self._problem: StoreProblem | None = None
+        self._dropped_at_problem = 0
         self._thread = threading.Thread(target=self._run, name="calibserve-log-writer", daemon=True)
         self._thread.start()
 
@@ -224,13 +376,12 @@ class PredictionLog:
             with self._idle:
                 self._pending -= len(records) - accepted
                 self._idle.notify_all()
-            with self._counter_lock:
-                self._dropped += len(records) - accepted
+            self._count_dropped(len(records) - accepted)
             logger.warning("prediction log queue full: dropped %d row(s)", len(records) - accepted)
         return accepted
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every row queued so far is committed (or ``timeout`` passes)."""
+        """Wait until every row queued so far is committed or dropped (or ``timeout`` passes)."""
         deadline = time.monotonic() + timeout
         with self._idle:
             while self._pending > 0:
@@ -251,87 +402,253 @@ class PredictionLog:
         with self._counter_lock:
             return LogStats(len(self._queue), self._capacity, self._written, self._dropped, self._on_full)
 
+    def store_problem(self) -> StoreProblem | None:
+        """Why the writer cannot write now, or None while it can (as of its last attempt or check)."""
+        with self._counter_lock:
+            return self._problem
+
+    def _count_dropped(self, count: int) -> None:
+        with self._counter_lock:
+            self._dropped += count
+        if self._on_dropped is not None:
+            self._on_dropped(count)
+
     def _run(self) -> None:
-        connection = connect(self.path)
-        next_prune = time.monotonic()
+        # Prune first, before taking any row: once a submitted row is flushed, the start-up pass is over.
+        self._prune_if_open()
+        next_prune = time.monotonic() + self._prune_interval
         stopping = False
         while not stopping:
             # Linger briefly after the first row so that concurrent requests share one commit: one
             # transaction per prediction would cost more than the whole prediction.
             batch, stopping = self._queue.take(self._flush_interval, self._linger)
             if batch:
-                self._commit(connection, batch)
+                self._commit(batch)
+            else:
+                self._check_idle()
             if time.monotonic() >= next_prune:
-                self._prune(connection)
+                self._prune_if_open()
                 next_prune = time.monotonic() + self._prune_interval
-        connection.close()
+        self._close_connection()
 
-    def _commit(self, connection: sqlite3.Connection, batch: list[PredictionRecord]) -> None:
+    def _writable(self) -> sqlite3.Connection | None:
+        """The writer's connection to the file now at ``path``, reopened (a new file, a new directory if
+        need be) when the one it held was deleted or replaced; None while the store cannot be opened."""
+        lost: str | None = None
+        if self._connection is not None:
+            if file_identity(self.path) == self._identity:
+                return self._connection
+            self._close_connection()
+            lost = "was deleted or replaced while serving"
+        elif time.monotonic() < self._reopen_at:
+            return None
+        try:
+            self._connection, self._identity = open_store(self.path)
+        except (OSError, sqlite3.Error) as exc:  # whatever the cause, the writer lives on and retries
+            self._reopen_at = time.monotonic() + REOPEN_INTERVAL_S
+            self._set_problem(
+                f"{lost}, and no new log can be started there: {describe(exc)}" if lost else describe(exc)
+            )
+            return None
+        if lost is not None:
+            logger.warning("prediction log %s %s: started a new log there", self.path, lost)
+        return self._connection
+
+    def _check_idle(self) -> None:
+        """Between batches: notice a deleted file without waiting for traffic, and once the store is back,
+        prove it writable (take the write lock and let go) so that its health reason clears."""
+        connection = self._writable()
+        if connection is None or self._problem is None:
+            return
         try:
             connection.execute("BEGIN IMMEDIATE")
-            connection.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
             connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(connection)
+            self._lose_connection(exc)
+            return
+        self._clear_problem()
+
+    def _commit(self, batch: list[PredictionRecord]) -> None:
+        try:
+            connection = self._writable()
+            if connection is None:
+                self._count_dropped(len(batch))
+                return
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+                connection.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(connection)
+                self._count_dropped(len(batch))
+                if not is_store_failure(exc):
+                    logger.exception(
+                        "prediction log: could not commit %d row(s); they are counted as dropped", len(batch)
+                    )
+                    return
+                self._lose_connection(exc)
+                return
             with self._counter_lock:
                 self._written += len(batch)
-        except sqlite3.Error:
-            logger.exception("prediction log: could not commit %d row(s); they are counted as dropped", len(batch))
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            with self._counter_lock:
-                self._dropped += len(batch)
+            self._clear_problem()
         finally:
             with self._idle:
                 self._pending -= len(batch)
                 self._idle.notify_all()
 
+    @staticmethod
+    def _rollback(connection: sqlite3.Connection) -> None:
+        with suppress(sqlite3.Error):  # on failure the connection is dropped next: nothing was committed
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+
+    def _lose_connection(self, error: sqlite3.Error) -> None:
+        """A write failed on the store itself: forget the connection (the next attempt opens the file
+        at ``path`` afresh, after ``REOPEN_INTERVAL_S``) and report the problem."""
+        self._close_connection()
+        self._reopen_at = time.monotonic() + REOPEN_INTERVAL_S
+        self._set_problem(describe(error))
+
+    def _close_connection(self) -> None:
+        if self._connection is not None:
+            with suppress(sqlite3.Error):
+                self._connection.close()
+            self._connection, self._identity = None, None
+
+    def _set_problem(self, reason: str) -> None:
+        """Record why the store cannot be written; logged once when it starts, not per batch."""
+        with self._counter_lock:
+            first = self._problem is None
+            self._problem = StoreProblem(str(self.path), reason, time.time())
+            if first:
+                self._dropped_at_problem = self._dropped
+        if first:
+            logger.error(
+                "prediction log %s cannot be written: %s. Predictions are still served but not logged; "
+                "they are counted in calibserve_log_dropped_rows_total until the log can be written again",
+                self.path,
+                reason,
+            )
+
+    def _clear_problem(self) -> None:
+        with self._counter_lock:
+            if self._problem is None:
+                return
+            self._problem = None
+            lost = self._dropped - self._dropped_at_problem
+        logger.warning("prediction log %s can be written again; %d row(s) were dropped meanwhile", self.path, lost)
+
+    def _prune_if_open(self) -> None:
+        connection = self._writable()
+        if connection is not None:
+            self._prune(connection)
+
     def _prune(self, connection: sqlite3.Connection) -> None:
+        """Retention: old and surplus predictions go, with their feedback; so does pending feedback whose
+        prediction never arrived within ``feedback_pending_seconds`` of its id's time."""
         try:
             if self._retention_days is not None:
                 cutoff = time.time() - self._retention_days * 86400
                 connection.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,))
             if self._retention_rows is not None:
-                connection.execute(
-                    "DELETE FROM predictions WHERE id IN "
-                    "(SELECT id FROM predictions ORDER BY id DESC LIMIT -1 OFFSET ?)",
-                    (self._retention_rows,),
-                )
-            connection.execute("DELETE FROM feedback WHERE prediction_id NOT IN (SELECT id FROM predictions)")
+                row = connection.execute(
+                    "SELECT id FROM predictions ORDER BY id DESC LIMIT 1 OFFSET ?", (self._retention_rows,)
+                ).fetchone()
+                if row is not None:  # the newest id beyond the limit: it and every older one go
+                    connection.execute("DELETE FROM predictions WHERE id <= ?", (row[0],))
+                    connection.execute("DELETE FROM feedback WHERE prediction_id <= ?", (row[0],))
+            connection.execute(
+                "DELETE FROM feedback WHERE prediction_id < ? AND prediction_id NOT IN (SELECT id FROM predictions)",
+                (id_floor(time.time() - self._pending_seconds),),
+            )
         except sqlite3.Error:
             logger.exception("prediction log: pruning failed (will retry)")
 
     def prune_now(self) -> None:
-        with closing(connect(self.path)) as connection:
+        with closing(connect(self.path, create=False)) as connection:
             self._prune(connection)
 
     # -- feedback and reads -------------------------------------------------------------------------
+    def could_be_ours(self, prediction_id: str, now: float) -> bool:
+        """A well-formed id made within the pending window (up to a little clock skew ahead): its
+        prediction may still be on its way from another process's queue."""
+        made = parse_id_time(prediction_id)
+        return made is not None and now - self._pending_seconds <= made <= now + CLOCK_SKEW_S
+
     def record_feedback(self, items: Sequence[tuple[str, int]]) -> list[FeedbackStatus]:
-        """Attach labels to logged predictions; idempotent for the same label, ``conflict`` for another."""
+        """Attach labels to logged predictions; idempotent for the same label, ``conflict`` for another.
+
+        ``recorded``: the prediction is in the log. ``pending``: it is not there yet but the id is one we
+        could have made recently; the label is kept and counts once the prediction lands. ``unknown_id``:
+        nothing kept. Set-based: one SELECT of existing feedback and one of existing predictions (per
+        ``CHUNK`` ids), one ``executemany``, all in one transaction.
+        """
         self.flush(timeout=2.0)  # this process's just-acknowledged predictions must be findable
-        statuses: list[FeedbackStatus] = []
         now = time.time()
-        connection = connect(self.path)
+        unique = list(dict.fromkeys(prediction_id for prediction_id, _ in items))
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            for prediction_id, label in items:
-                existing = connection.execute(
-                    "SELECT label FROM feedback WHERE prediction_id = ?", (prediction_id,)
-                ).fetchone()
-                if existing is not None:
-                    statuses.append("duplicate" if existing[0] == label else "conflict")
-                elif connection.execute("SELECT 1 FROM predictions WHERE id = ?", (prediction_id,)).fetchone():
-                    connection.execute("INSERT INTO feedback VALUES (?, ?, ?)", (prediction_id, label, now))
-                    statuses.append("recorded")
-                else:
-                    statuses.append("unknown_id")
-            connection.execute("COMMIT")
-        finally:
-            connection.close()
+            with closing(connect(self.path, create=False)) as connection:
+                try:
+                    connection.execute("BEGIN IMMEDIATE")
+                    labels: dict[str, int] = {}
+                    for chunk in _chunks(unique):
+                        marks = ",".join("?" * len(chunk))
+                        query = f"SELECT prediction_id, label FROM feedback WHERE prediction_id IN ({marks})"
+                        labels.update(connection.execute(query, chunk).fetchall())
+                    unlabelled = [prediction_id for prediction_id in unique if prediction_id not in labels]
+                    logged: set[str] = set()
+                    for chunk in _chunks(unlabelled):
+                        marks = ",".join("?" * len(chunk))
+                        query = f"SELECT id FROM predictions WHERE id IN ({marks})"
+                        logged.update(row[0] for row in connection.execute(query, chunk).fetchall())
+                    statuses, rows = self._classify(items, labels, logged, now)
+                    connection.executemany("INSERT INTO feedback VALUES (?, ?, ?)", rows)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    self._rollback(connection)
+                    raise
+        except (OSError, sqlite3.Error) as exc:
+            if not is_store_failure(exc):
+                raise
+            raise self._unavailable(exc) from exc
         return statuses
+
+    def _classify(
+        self, items: Sequence[tuple[str, int]], labels: dict[str, int], logged: set[str], now: float
+    ) -> tuple[list[FeedbackStatus], list[tuple[str, int, float]]]:
+        """Each item's status in request order (a repeated id sees the label its first copy stored)."""
+        statuses: list[FeedbackStatus] = []
+        rows: list[tuple[str, int, float]] = []
+        for prediction_id, label in items:
+            known = labels.get(prediction_id)
+            if known is not None:
+                statuses.append("duplicate" if known == label else "conflict")
+                continue
+            if prediction_id in logged:
+                statuses.append("recorded")
+            elif self.could_be_ours(prediction_id, now):
+                statuses.append("pending")
+            else:
+                statuses.append("unknown_id")
+                continue
+            labels[prediction_id] = label
+            rows.append((prediction_id, label, now))
+        return statuses, rows
+
+    def _unavailable(self, error: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the prediction log cannot be read or written now ({describe(error)}); retry later",
+            {"retry_after": RETRY_AFTER_S, "reason": describe(error)},
+        )
 
     def labelled_window(
         self, model_version: str, n_classes: int, limit: int | None, since: float | None
     ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-        """The most recently labelled predictions of this model version: probabilities [n, K], labels [n]."""
+        """The most recently labelled predictions of this model version: probabilities [n, K], labels [n].
+
+        A pending label joins here once its prediction has landed, and only then: the inner join counts
+        each (prediction, label) pair once, as ``prediction_id`` is the feedback table's key."""
         query = (
             "SELECT p.probabilities, f.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
             "WHERE p.model_version = ? AND f.ts >= ? ORDER BY f.ts DESC LIMIT ?"
@@ -354,11 +671,14 @@ class PredictionLog:
         return predictions, feedback
 
     def _read(self, query: str, parameters: tuple[object, ...]) -> list[tuple[object, ...]]:
-        connection = connect(self.path)
+        """Rows of a read; ``StoreUnavailable`` when the file is missing, locked or not a database."""
         try:
-            return list(connection.execute(query, parameters).fetchall())
-        finally:
-            connection.close()
+            with closing(connect(self.path, create=False)) as connection:
+                return list(connection.execute(query, parameters).fetchall())
+        except (OSError, sqlite3.Error) as exc:
+            if not is_store_failure(exc):
+                raise
+            raise self._unavailable(exc) from exc
 
     @staticmethod
     def _stack(blobs: list[object], n_classes: int) -> NDArray[np.float64]:

@@ -2,10 +2,15 @@
 
 Glue between the prediction log (SQLite), the live evaluation (pure numpy) and the Prometheus
 metrics, so the HTTP layer calls three methods and knows nothing of windows or thresholds.
+
+When the log's store is unavailable, predictions go on, feedback raises ``StoreUnavailable`` (503),
+``health()`` names the problem as a reason instead of failing, and ``refresh_metrics()`` never fails:
+a dashboard scraping /metrics keeps its other series while the window cannot be read.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.calibration.card import CalibrationCard
+from service.errors import StoreUnavailable
 from service.monitoring import prometheus as metrics
 from service.monitoring.health import Reason, Thresholds, card_reasons, worst
 from service.monitoring.ids import new_ids
@@ -22,6 +28,8 @@ from service.monitoring.log import FeedbackStatus, LogStats, PredictionLog, reco
 from service.settings import Settings
 
 LOG_FILE = "predictions.sqlite"
+
+logger = logging.getLogger("calibserve.monitor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +51,10 @@ class Monitor:
                 on_full=settings.log_queue_full,
                 retention_days=settings.retention_days,
                 retention_rows=settings.retention_rows,
+                feedback_pending_seconds=settings.feedback_pending_seconds,
+                # Counted where it happens (a request's thread or the writer's), so write errors count too.
+                on_dropped=metrics.DROPPED.inc,
+                on_queue_depth=metrics.QUEUE_DEPTH.set,
             )
             if settings.log_predictions
             else None
@@ -85,13 +97,12 @@ class Monitor:
                 probabilities,
                 features if self.settings.log_inputs else None,
             )
-            accepted = self.log.submit(records)
-            if accepted < len(records):
-                metrics.DROPPED.inc(len(records) - accepted)
-            metrics.QUEUE_DEPTH.set(self.log.stats().queue_depth)
+            self.log.submit(records)  # rows it cannot take are counted as dropped by the log itself
         return ids
 
     def feedback(self, items: Sequence[tuple[str, int]]) -> list[FeedbackStatus]:
+        """Statuses in item order (see ``PredictionLog.record_feedback``); ``StoreUnavailable`` when the
+        log cannot be written, so that a client retries instead of trusting an answer we cannot give."""
         if self.log is None:
             return ["unknown_id"] * len(items)
         statuses = self.log.record_feedback(items)
@@ -100,6 +111,7 @@ class Monitor:
         return statuses
 
     def live(self) -> LiveReport | None:
+        """The live window's report (and its gauges); ``StoreUnavailable`` when the log cannot be read."""
         if self.log is None:
             return None
         self.log.flush(timeout=2.0)  # the window includes what this process has acknowledged so far
@@ -121,15 +133,32 @@ class Monitor:
             metrics.ESTIMATED_ACCURACY.set(unlabelled["estimated_accuracy"])
         return report
 
+    def refresh_metrics(self) -> None:
+        """Bring the live-window gauges up to date for a scrape; never raises for a store that cannot be
+        read (health names that), nor for anything else: /metrics must render whatever happens here."""
+        try:
+            self.live()
+        except StoreUnavailable:
+            pass
+        except Exception:
+            logger.exception("could not refresh the live-window gauges; /metrics shows their last values")
+
     def health(self) -> HealthReport:
         reasons = card_reasons(self.card, self.card_thresholds)
-        report = self.live()
-        if report is None:
+        unreadable: StoreUnavailable | None = None
+        try:
+            report = self.live()
+        except StoreUnavailable as exc:
+            report, unreadable = None, exc
+        if self.log is None:
             reasons.append(
                 Reason("live_monitoring_off", "ok", "prediction logging is off: the status reflects the card only")
             )
-        else:
+        elif report is not None:
             reasons.extend(report.reasons)
+        store = self._store_reason(unreadable)
+        if store is not None:
+            reasons.append(store)
         stats = self.log.stats() if self.log is not None else None
         if stats is not None and stats.dropped:
             reasons.append(
@@ -144,6 +173,25 @@ class Monitor:
             )
         return HealthReport(
             worst([r.status for r in reasons]), tuple(reasons), report.summary if report else None, stats
+        )
+
+    def _store_reason(self, unreadable: StoreUnavailable | None) -> Reason | None:
+        """``log_store_unavailable`` naming the path and the reason, if the writer cannot write or the
+        window cannot be read; None while the store works."""
+        if self.log is None:
+            return None
+        problem = self.log.store_problem()
+        if problem is not None:
+            what = f"cannot be written: {problem.reason}"
+        elif unreadable is not None:
+            what = f"cannot be read: {unreadable.details.get('reason', unreadable.message)}"
+        else:
+            return None
+        return Reason(
+            "log_store_unavailable",
+            "warning",
+            f"the prediction log {self.log.path} {what}. Predictions are served but not logged (counted in "
+            "log_dropped_rows), feedback is refused with 503, and the live checks cannot run until it is back",
         )
 
     def close(self) -> None:

@@ -81,7 +81,9 @@ def feedback(
     monitor: Monitor = Depends(get_monitor),
     settings: Settings = Depends(get_settings),
 ) -> dict[str, Any]:
-    """Record the true label of earlier predictions: recorded, duplicate (same label), conflict, unknown_id."""
+    """Record the true label of earlier predictions: recorded, pending (the prediction is not logged yet; the
+    label counts once it is), duplicate (same label), conflict, unknown_id. 503 with Retry-After while the
+    prediction log cannot be written."""
     items = request.feedback  # at most CALIBSERVE_MAX_FEEDBACK_ITEMS (413 from read_feedback)
     index = {label: i for i, label in enumerate(engine.card.classes)}
     unknown = sorted({item.label for item in items if item.label not in index})

@@ -42,6 +42,7 @@ def calibration(
 
     Label checks need feedback (POST /v1/feedback); label-free checks (confidence drift, estimated accuracy,
     class shift) need only predictions. Too little of either gives ``insufficient_data``, not an alarm.
+    A prediction log that cannot be read or written is a reason (``log_store_unavailable``), not an error.
     Advisory: this status never changes liveness or readiness.
     """
     card = engine.card
@@ -79,6 +80,6 @@ def metrics(request: Request) -> Response:
     """Prometheus metrics (all workers), also before the model is ready. Refreshes the live-window gauges."""
     monitor: Monitor | None = request.app.state.monitor
     if monitor is not None:
-        monitor.live()
+        monitor.refresh_metrics()  # never raises: the scrape renders even when the log cannot be read
     body, content_type = prometheus.render()
     return Response(body, media_type=content_type)
