@@ -57,9 +57,9 @@ def open_log(path: Path, **options: object) -> Iterator[PredictionLog]:
 
 
 def settle(log: PredictionLog) -> None:
-    """Let the writer finish its first iteration (the start-up prune) so that it does not hold the lock later."""
+    """Wait until the rows submitted so far are committed. The writer runs its start-up prune before it takes
+    any row, so after a submitted row is flushed that prune is over and cannot hold the lock later."""
     assert log.flush(5.0)
-    time.sleep(0.3)
 
 
 @contextmanager
@@ -76,12 +76,14 @@ def write_lock(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def wait_until_writer_holds_everything(log: PredictionLog, timeout: float = 5.0) -> None:
-    """The writer has taken every queued row into its batch (and is now stuck waiting for the lock)."""
+    """The writer has taken every queued row into its batch (and is now stuck waiting for the lock).
+
+    The writer takes rows only between commits: once the queue is empty it holds them in a batch that it
+    commits before it takes any more, and that commit waits for the lock."""
     deadline = time.monotonic() + timeout
     while log.stats().queue_depth > 0:
         assert time.monotonic() < deadline, "the writer never took the queued row"
         time.sleep(0.01)
-    time.sleep(0.2)  # past its last get_nowait(): it is inside BEGIN IMMEDIATE, waiting on the busy handler
 
 
 # -- rows and columns ---------------------------------------------------------------------------------------
@@ -290,11 +292,15 @@ def test_record_feedback_outcomes(tmp_path: Path) -> None:
         assert log.record_feedback([(a, 3), (b, 5)]) == ["recorded", "recorded"]
         assert log.record_feedback([(a, 3)]) == ["duplicate"]
         assert log.record_feedback([(a, 4)]) == ["conflict"]
-        assert log.record_feedback([(str(uuid.uuid4()), 1), (new_ids(1)[0], 1)]) == ["unknown_id", "unknown_id"]
+        # a UUIDv4 is never ours; a fresh UUIDv7 not logged (yet) is kept as pending (tests/monitoring/test_pending.py)
+        stranger = new_ids(1)[0]
+        assert log.record_feedback([(str(uuid.uuid4()), 1), (stranger, 1)]) == ["unknown_id", "pending"]
         assert log.record_feedback([(c, 1), (c, 1), (c, 2)]) == ["recorded", "duplicate", "conflict"]
-        assert log.count() == (3, 3)
+        assert log.count() == (3, 4)
     # a conflict never overwrites the first label
-    assert sorted(rows(path, "SELECT prediction_id, label FROM feedback")) == sorted([(a, 3), (b, 5), (c, 1)])
+    assert sorted(rows(path, "SELECT prediction_id, label FROM feedback")) == sorted(
+        [(a, 3), (b, 5), (c, 1), (stranger, 1)]
+    )
 
 
 def test_labelled_window_is_newest_feedback_first_and_per_model_version(tmp_path: Path) -> None:
@@ -309,7 +315,8 @@ def test_labelled_window_is_newest_feedback_first_and_per_model_version(tmp_path
         for i in order:
             assert log.record_feedback([(mine[i].id, i)]) == ["recorded"]
             stamps.append(time.time())
-            time.sleep(0.02)
+            while time.time() <= stamps[-1]:  # the next feedback gets a later timestamp than this stamp
+                time.sleep(0.001)
         assert log.record_feedback([(r.id, 9) for r in other]) == ["recorded"] * 3
 
         probs, labels = log.labelled_window(VERSION, K, None, None)
@@ -344,7 +351,6 @@ def test_retention_rows_keeps_the_newest_n(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite"
     records = make_batch(12)
     with open_log(path, retention_rows=5, retention_days=None, prune_interval=3600) as log:
-        settle(log)
         log.submit(records)
         assert log.flush(5.0)
         assert log.record_feedback([(records[0].id, 1), (records[-1].id, 2)]) == ["recorded", "recorded"]
@@ -368,7 +374,6 @@ def test_retention_days_deletes_old_rows(tmp_path: Path) -> None:
         for r in make_batch(1, seed=3)
     ]
     with open_log(path, retention_days=1.0, retention_rows=None, prune_interval=3600) as log:
-        settle(log)
         log.submit(old + fresh + borderline)
         assert log.flush(5.0)
         assert log.count() == (8, 0)
