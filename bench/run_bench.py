@@ -1,6 +1,6 @@
 """calibserve against its peers under wrk: throughput, latency, errors and memory, in one command.
 
-    .venv/bin/python bench/run_bench.py [--quick] [--output bench/RESULTS.md]
+    .venv/bin/python bench/run_bench.py [--quick] [--output bench/RESULTS.md] [--loop uvloop] [--http httptools]
 
 Servers (each a subprocess in its own session on a free loopback port, waited for, always stopped: SIGTERM
 to its main process, then SIGKILL to whatever is left of its process tree):
@@ -12,6 +12,13 @@ to its main process, then SIGKILL to whatever is left of its process tree):
 4. ``calibserve``: ``calibserve serve``, prediction logging on, data dir in a temporary directory; (4a) with
    micro-batching off (``CALIBSERVE_BATCH_MAX_ROWS=1``), (4b) as it is.
 
+Every server runs on the same event loop and HTTP parser, ``--loop`` / ``--http`` (default uvloop and
+httptools, what ``pip install .`` installs): ``uvicorn --loop L --http H`` for 1 and 2, the same uvicorn
+options through LitServe's ``run()`` for 3; calibserve (4) takes uvicorn's choice (uvloop and httptools when
+installed), so for asyncio / h11 the harness hides uvloop / httptools from it (a module on its PYTHONPATH
+that raises ImportError). What each server actually runs is read from /proc (the extension modules mapped
+into the processes holding the connections) during every measured run and written beside its figures.
+
 Each runs with 1 and with 2 workers: ``uvicorn --workers N`` for 1 and 2, ``CALIBSERVE_WORKERS=N`` for 4,
 ``workers_per_device=N`` plus ``num_api_servers=N`` for 3. Every server logs at level warning (no access
 log). Load: wrk (1 thread, keep-alive) POSTing ``{"instances": [load_digits().data[0]]}`` through
@@ -20,6 +27,11 @@ VmRSS over the server's process tree read from /proc near the end of each measur
 requests at concurrency 4 for naive and calibserve (JSON, and for calibserve also the binary path: an
 .npy body answered as .npz), onnxruntime alone in this process (rows/s for batches
 of 1, 256 and 1000, best of several repeats), and the time from spawn to the first 200 of the ready path.
+Overload: calibserve, 1 worker, default settings (``CALIBSERVE_MAX_QUEUE_ROWS``, ``CALIBSERVE_QUEUE_TIMEOUT_MS``
+and the other overload settings passed on from the environment when set), single-instance requests at
+concurrency 32 and then 1,024 (``wrk -t OVERLOAD_WRK_THREADS``, the open-file limit raised first) through
+bench/wrk/post_json_statuses.lua, which counts every status: answered (200) req/s, shed fraction (503 / all
+responses), other errors, and latency (wrk's, over all responses) with the 1,024 / 32 ratio.
 Prints the tables and writes them to bench/RESULTS.md. Figures only, no assertions: the load generator
 shares this machine's cores with the server, so compare servers with each other, not with other machines.
 """
@@ -32,6 +44,7 @@ import io
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -44,7 +57,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
@@ -59,6 +72,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "bench"
 PEERS_DIR = BENCH_DIR / "peers"
 LUA_SCRIPT = BENCH_DIR / "wrk" / "post_json.lua"
+LUA_STATUS_SCRIPT = BENCH_DIR / "wrk" / "post_json_statuses.lua"  # also counts each response status
 DEFAULT_OUTPUT = BENCH_DIR / "RESULTS.md"
 MODEL_FILE = REPO_ROOT / "models" / "digits" / "model.onnx"
 VENV_BIN = Path(sys.executable).parent
@@ -70,6 +84,7 @@ TITLES = {
     "litserve": "(3) LitServe",
     "calibserve-off": "(4a) calibserve, batching off",
     "calibserve": "(4b) calibserve",
+    "calibserve-overload": "calibserve, overload",
 }
 BULK_SERVERS = ("naive", "calibserve")
 NPY = "application/x-npy"
@@ -97,6 +112,13 @@ WORKER_COUNTS = (1, 2)
 LITSERVE_MAX_BATCH = 32
 LITSERVE_BATCH_TIMEOUT_S = 0.002
 WRK_THREADS = 1
+LOOPS = ("uvloop", "asyncio")
+PARSERS = ("httptools", "h11")
+OVERLOAD_CONNECTIONS = 1024
+OVERLOAD_BASELINE = 32
+OVERLOAD_WRK_THREADS = max(2, min(4, os.cpu_count() or 2))  # 1,024 connections: more than one wrk thread
+# Passed on to the overload server when set in the harness's environment (unset: calibserve's defaults).
+OVERLOAD_SETTINGS = ("MAX_QUEUE_ROWS", "QUEUE_TIMEOUT_MS", "MAX_CONCURRENT_REQUESTS", "MAX_CONNECTIONS")
 WRK_TIMEOUT = "10s"
 ORT_BATCHES = (1, 256, 1000)
 READY_TIMEOUT_S = 90.0
@@ -129,9 +151,13 @@ class ServerSpec:
     predict_path: str = "/v1/predict"
     data_dir: Path | None = None
     stop_grace_s: float = PEER_STOP_GRACE_S
+    loop: str = "uvloop"  # requested (what it runs is measured: LoadResult.stack)
+    http: str = "httptools"
 
     def describe(self) -> str:
         shown = {k: v for k, v in self.env.items() if k.startswith(("CALIBSERVE_", "BENCH_"))}
+        if "hide-" in self.env.get("PYTHONPATH", ""):  # uvloop / httptools hidden from calibserve
+            shown["PYTHONPATH"] = self.env["PYTHONPATH"]
         prefix = " ".join(f"{k}={v}" for k, v in sorted(shown.items()))
         argv = [_relative(arg) for arg in self.argv]
         return (prefix + " " if prefix else "") + shlex.join(argv)
@@ -154,6 +180,7 @@ class LoadResult:
     connections: list[int]  # established connections per server process holding any, sampled with the RSS
     other_rps: list[float] = field(default_factory=list)  # the other measured runs when repeated
     variant: str = "JSON"
+    stack: str = "?"  # event loop / HTTP parser of the processes holding the connections, read from /proc
 
     @property
     def rps(self) -> float:
@@ -162,6 +189,47 @@ class LoadResult:
     @property
     def instances_per_s(self) -> float:
         return self.rps * self.instances_per_request
+
+
+@dataclass
+class OverloadResult:
+    """One wrk run of the overload scenario, every response status counted (post_json_statuses.lua)."""
+
+    connections: int
+    seconds: float
+    statuses: dict[int, int]
+    socket_errors: dict[str, int]  # connect, read, write, timeout
+    p50_ms: float  # wrk's latency: every response, answered and shed alike
+    p99_ms: float
+    rss_mib: float
+    stack: str
+
+    @property
+    def responses(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def answered_rps(self) -> float:
+        return self.statuses.get(200, 0) / self.seconds if self.seconds else 0.0
+
+    @property
+    def shed(self) -> int:
+        return self.statuses.get(503, 0)
+
+    @property
+    def shed_fraction(self) -> float:
+        return self.shed / self.responses if self.responses else 0.0
+
+    @property
+    def other_errors(self) -> int:
+        """Responses neither 200 nor 503, plus socket errors (connect, read, write, timeout)."""
+        other = sum(count for status, count in self.statuses.items() if status not in (200, 503))
+        return other + sum(self.socket_errors.values())
+
+    def other_detail(self) -> str:
+        parts = [f"{status}: {count}" for status, count in sorted(self.statuses.items()) if status not in (200, 503)]
+        parts += [f"{kind} {count}" for kind, count in self.socket_errors.items() if count]
+        return ", ".join(parts)
 
 
 @dataclass
@@ -181,6 +249,9 @@ class Report:
     starts: list[StartResult] = field(default_factory=list)
     ort_rows_per_s: dict[int, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    overload: list[OverloadResult] = field(default_factory=list)
+    loop: str = "uvloop"
+    http: str = "httptools"
     skipped: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     elapsed_s: float = 0.0
@@ -227,19 +298,39 @@ def base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("CALIBSERVE_", "PROMETHEUS_MULTIPROC"))}
 
 
-def server_spec(name: str, workers: int, port: int, tmp: Path) -> ServerSpec:
+def hide_modules(tmp: Path, loop: str, http: str) -> Path | None:
+    """A directory whose uvloop / httptools modules raise ImportError, for a PYTHONPATH that makes uvicorn's
+    "auto" choice (calibserve's) fall back to asyncio / h11; None when nothing needs hiding."""
+    hidden = [module for module, wanted in (("uvloop", loop == "asyncio"), ("httptools", http == "h11")) if wanted]
+    if not hidden:
+        return None
+    directory = tmp / f"hide-{'-'.join(hidden)}"
+    directory.mkdir(exist_ok=True)
+    for module in hidden:
+        (directory / f"{module}.py").write_text(f"raise ImportError('{module} hidden by bench/run_bench.py')\n")
+    return directory
+
+
+def server_spec(
+    name: str, workers: int, port: int, tmp: Path, loop: str = "uvloop", http: str = "httptools"
+) -> ServerSpec:
     python = sys.executable
     env = base_env()
     if name in ("bare", "naive"):
         module = {"bare": "bare_asgi:app", "naive": "naive_fastapi:app"}[name]
         argv = [python, "-m", "uvicorn", "--app-dir", str(PEERS_DIR), module, "--host", "127.0.0.1"]
         argv += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
-        return ServerSpec(name, workers, argv, env, "/health/ready")
+        argv += ["--loop", loop, "--http", http]
+        return ServerSpec(name, workers, argv, env, "/health/ready", loop=loop, http=http)
     if name == "litserve":
         argv = [python, str(PEERS_DIR / "litserve_onnx.py"), "--port", str(port), "--workers", str(workers)]
         argv += ["--max-batch-size", str(LITSERVE_MAX_BATCH), "--batch-timeout", str(LITSERVE_BATCH_TIMEOUT_S)]
-        return ServerSpec(name, workers, argv, env, "/health")
+        argv += ["--loop", loop, "--http", http]
+        return ServerSpec(name, workers, argv, env, "/health", loop=loop, http=http)
     if name in ("calibserve", "calibserve-off"):
+        hidden = hide_modules(tmp, loop, http)
+        if hidden is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hidden), env.get("PYTHONPATH")]))
         data_dir = tmp / f"{name}-data-w{workers}"
         if name == "calibserve-off":
             env["CALIBSERVE_BATCH_MAX_ROWS"] = "1"
@@ -254,7 +345,15 @@ def server_spec(name: str, workers: int, port: int, tmp: Path) -> ServerSpec:
         }
         argv = [str(VENV_BIN / "calibserve"), "serve", "--port", str(port)]
         return ServerSpec(
-            name, workers, argv, env, "/health/ready", data_dir=data_dir, stop_grace_s=CALIBSERVE_STOP_GRACE_S
+            name,
+            workers,
+            argv,
+            env,
+            "/health/ready",
+            data_dir=data_dir,
+            stop_grace_s=CALIBSERVE_STOP_GRACE_S,
+            loop=loop,
+            http=http,
         )
     raise ValueError(name)
 
@@ -444,10 +543,10 @@ def _established_inodes(port: int) -> set[int]:
     return inodes
 
 
-def connections_per_process(root: int, port: int) -> list[int]:
-    """How the established connections to ``port`` are spread over the server's processes (most first)."""
+def _connections_by_process(root: int, port: int) -> dict[int, int]:
+    """Established connections to ``port`` held by each of the server's processes (those holding any)."""
     inodes = _established_inodes(port)
-    counts = []
+    counts = {}
     for pid in process_tree(root):
         count = 0
         with contextlib.suppress(OSError):
@@ -457,8 +556,32 @@ def connections_per_process(root: int, port: int) -> list[int]:
                     if target.startswith("socket:[") and int(target[8:-1]) in inodes:
                         count += 1
         if count:
-            counts.append(count)
-    return sorted(counts, reverse=True)
+            counts[pid] = count
+    return counts
+
+
+def connections_per_process(root: int, port: int) -> list[int]:
+    """How the established connections to ``port`` are spread over the server's processes (most first)."""
+    return sorted(_connections_by_process(root, port).values(), reverse=True)
+
+
+def process_stack(pid: int) -> str | None:
+    """The event loop and HTTP parser a server process runs, as "uvloop / httptools", from the extension
+    modules mapped into it: uvicorn imports uvloop and httptools only when it uses them (explicitly or as
+    "auto" finds them), and the same holds for calibserve's protocol (service/api/connections.py)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
+    loop = "uvloop" if "/uvloop/loop." in maps else "asyncio"
+    http = "httptools" if "/httptools/parser/parser." in maps else "h11"
+    return f"{loop} / {http}"
+
+
+def serving_stack(root: int, port: int) -> str:
+    """What the processes holding connections to ``port`` run ("a; b" if they differ, "?" if none held any)."""
+    stacks = sorted({stack for pid in _connections_by_process(root, port) if (stack := process_stack(pid))})
+    return "; ".join(stacks) or "?"
 
 
 # ------------------------------------------------------------------------------------------------- wrk
@@ -472,24 +595,27 @@ def run_wrk(
     root_pid: int | None,
     port: int = 0,
     variant: BulkVariant | None = None,
+    script: Path = LUA_SCRIPT,
+    threads: int = WRK_THREADS,
 ) -> dict[str, Any]:
-    """One wrk run: the BENCH_JSON line of post_json.lua, plus ``rss_mib``, ``processes`` and ``split``
-    (connections per server process) sampled near its end."""
-    argv = ["wrk", "-t", str(min(WRK_THREADS, connections)), "-c", str(connections), "-d", f"{duration_s}s"]
-    argv += ["--timeout", WRK_TIMEOUT, "--latency", "-s", str(LUA_SCRIPT), url]
+    """One wrk run: the BENCH_JSON line of the wrk script, plus ``rss_mib``, ``processes``, ``split``
+    (connections per server process) and ``stack`` (their event loop / HTTP parser) sampled near its end."""
+    argv = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{duration_s}s"]
+    argv += ["--timeout", WRK_TIMEOUT, "--latency", "-s", str(script), url]
     env = os.environ | {"BENCH_BODY_FILE": str(body)}
     if variant is not None:
         env["BENCH_CONTENT_TYPE"] = variant.content_type
         if variant.accept:
             env["BENCH_ACCEPT"] = variant.accept
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    rss, processes, split = 0.0, 0, []
+    rss, processes, split, stack = 0.0, 0, [], "?"
     try:
         if root_pid is not None:
             time.sleep(max(0.0, duration_s - 0.4))
             if process.poll() is None:
                 rss, processes = tree_rss_mib(root_pid)
                 split = connections_per_process(root_pid, port)
+                stack = serving_stack(root_pid, port)
         out, err = process.communicate(timeout=duration_s + 60)
     finally:
         if process.poll() is None:
@@ -500,7 +626,7 @@ def run_wrk(
     for line in out.splitlines():
         if line.startswith("BENCH_JSON "):
             result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
-            result |= {"rss_mib": rss, "processes": processes, "split": split}
+            result |= {"rss_mib": rss, "processes": processes, "split": split, "stack": stack}
             return result
     raise BenchError(f"no BENCH_JSON line in wrk's output:\n{out}\n{err}")
 
@@ -548,6 +674,7 @@ def load(
         connections=best["split"],
         other_rps=[run["requests"] / run["duration_us"] * 1e6 for run in runs if run is not best],
         variant=variant.name if variant else "JSON",
+        stack="; ".join(sorted({run["stack"] for run in runs})),
     )
     return result, served
 
@@ -605,14 +732,12 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def machine_facts() -> list[tuple[str, str]]:
+def machine_facts(report: Report) -> list[tuple[str, str]]:
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     wrk_lines = (wrk_version.stdout + wrk_version.stderr).splitlines()
     wrk_line = wrk_lines[0] if wrk_lines else "?"
     packages = ["calibserve", "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "pydantic-core"]
     packages += ["onnxruntime", "numpy", "scikit-learn", "litserve", "pyzmq"]
-    loop = "uvloop" if _version("uvloop") != "not installed" else "asyncio"
-    http = "httptools" if _version("httptools") != "not installed" else "h11"
     load1, load5, _ = os.getloadavg()
     return [
         ("CPU", _first_line("/proc/cpuinfo", "model name")),
@@ -622,7 +747,11 @@ def machine_facts() -> list[tuple[str, str]]:
         ("OS", f"{platform.system()} {platform.release()}"),
         ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
         ("packages", ", ".join(f"{p} {_version(p)}" for p in packages)),
-        ("uvicorn loop / http (auto)", f"{loop} / {http} (servers 1, 2 and 4 all run under uvicorn's defaults)"),
+        (
+            "event loop / HTTP parser",
+            f"{report.loop} / {report.http} for every server (`--loop`, `--http`); what "
+            "each ran is in the loop / http columns",
+        ),
         ("wrk", wrk_line.split(" Copyright")[0]),
     ]
 
@@ -775,8 +904,56 @@ def _load_row(result: LoadResult, bulk: bool = False) -> list[str]:
         errors,
         f"{result.rss_mib:.0f} ({result.processes})",
         split,
+        result.stack,
     ]
     return cells
+
+
+def render_overload(report: Report) -> list[str]:
+    if not report.overload:
+        return []
+    out = [f"## Overload: calibserve, 1 worker, {OVERLOAD_CONNECTIONS:,} connections", ""]
+    settings = ", ".join(
+        f"`{variable}={value}`" + (" (from the environment)" if passed else " (default)")
+        for variable, value, passed in overload_settings()
+    )
+    out += [
+        f"- calibserve as in (4b), {settings}; single-instance requests through `bench/wrk/post_json_statuses.lua` "
+        f"(counts every response status), `wrk -t {OVERLOAD_WRK_THREADS}` for both rows, {report.profile.duration_s} s "
+        f"each, after a {report.profile.warmup_s} s warm-up at {OVERLOAD_BASELINE} connections.",
+        "- answered: 200 responses per second; shed: 503 responses / all responses; other errors: responses "
+        "neither 200 nor 503, plus socket errors (connect, read, write, timeout).",
+        "- Latency is wrk's, over **every** response, answered and shed alike (wrk's Lua API cannot tell which "
+        "request a response answers, so percentiles of the 200s alone are not measured here).",
+        "",
+    ]
+    header = ["connections", "answered req/s", "responses", "503 (shed)", "shed fraction", "other errors"]
+    header += ["p50 ms (all)", "p99 ms (all)", "RSS MiB", "loop / http"]
+    rows = [
+        [
+            f"{r.connections:,}",
+            f"{r.answered_rps:,.0f}",
+            f"{r.responses:,}",
+            f"{r.shed:,}",
+            f"{r.shed_fraction:.1%}",
+            str(r.other_errors) + (f" ({r.other_detail()})" if r.other_errors else ""),
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{r.rss_mib:.0f}",
+            r.stack,
+        ]
+        for r in report.overload
+    ]
+    out += _table(header, rows, left=(len(header) - 1,))
+    by_connections = {r.connections: r for r in report.overload}
+    base, high = by_connections.get(OVERLOAD_BASELINE), by_connections.get(OVERLOAD_CONNECTIONS)
+    if base and high:
+        out += [
+            "",
+            f"Answered req/s at {OVERLOAD_CONNECTIONS:,} connections / at {OVERLOAD_BASELINE}: "
+            f"{_ratio(high.answered_rps, base.answered_rps)}.",
+        ]
+    return [*out, ""]
 
 
 def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
@@ -818,6 +995,12 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
         f"CPU device plus `num_api_servers=N` HTTP server processes, `max_batch_size={LITSERVE_MAX_BATCH}`, "
         f"`batch_timeout={LITSERVE_BATCH_TIMEOUT_S}` s, default queues (fast_queue off); (4) `CALIBSERVE_WORKERS=N`. "
         "All model servers run onnxruntime with 1 intra-op thread. All log at level warning (no access log).",
+        f"- Event loop / HTTP parser: every server is started on {report.loop} / {report.http} (`--loop`, `--http`): "
+        "(1) and (2) with `uvicorn --loop --http`, (3) with the same uvicorn options through LitServe's `run()`, "
+        "(4) through uvicorn's automatic choice (uvloop and httptools when installed; for asyncio / h11 the harness "
+        "hides them from it). The loop / http column is what the server processes holding the connections "
+        "actually ran, read from /proc/PID/maps (the uvloop and httptools extension modules mapped or not) at the "
+        "RSS sample of each measured run.",
         "- calibserve: `CALIBSERVE_LOG_PREDICTIONS=true` (every prediction is written to its SQLite log), "
         "`CALIBSERVE_RETENTION_ROWS=1000000000` (so the notes below can count every row), "
         "`CALIBSERVE_DATA_DIR` in a fresh temporary directory per server and worker count, everything else default; "
@@ -832,21 +1015,23 @@ def render_markdown(report: Report, facts: list[tuple[str, str]]) -> str:
     if report.skipped:
         out += [f"- Skipped: {TITLES[name]}: {why}" for name, why in report.skipped.items()]
     header = ["server", "conc", "req/s", "p50 ms", "p99 ms", "errors", "RSS MiB (procs)", "conns/process"]
+    header.append("loop / http")
     for workers in WORKER_COUNTS:
         out += ["", f"## Single-instance requests, {workers} worker{'s' if workers > 1 else ''}", ""]
         for concurrency in profile.concurrencies:
             rows = [
                 _load_row(r) for name in SERVERS if (r := _find(report.loads, name, workers, concurrency)) is not None
             ]
-            out += [f"### concurrency {concurrency}", "", *_table(header, rows), ""]
+            out += [f"### concurrency {concurrency}", "", *_table(header, rows, left=(0, len(header) - 1)), ""]
     out += [f"## Bulk: {BULK_ROWS}-instance requests, concurrency {BULK_CONCURRENCY}", ""]
     bulk_header = ["server", "body", "workers", "req/s", "instances/s", "p50 ms", "p99 ms", "errors", "RSS MiB (procs)"]
-    bulk_header.append("conns/process")
+    bulk_header += ["conns/process", "loop / http"]
     bulk_rows = []
     for result in report.bulk:
         row = _load_row(result, bulk=True)
         bulk_rows.append([row[0], result.variant, str(result.workers), *row[2:]])
-    out += [*_table(bulk_header, bulk_rows), ""]
+    out += [*_table(bulk_header, bulk_rows, left=(0, 1, len(bulk_header) - 1)), ""]
+    out += render_overload(report)
     out += ["## onnxruntime alone, in-process (1 intra-op thread, best of repeats)", ""]
     out += _table(["batch rows", "rows/s"], [[str(b), f"{v:,.0f}"] for b, v in sorted(report.ort_rows_per_s.items())])
     out += ["", "## Process start to ready", ""]
@@ -919,11 +1104,20 @@ def calibserve_logged_rows(data_dir: Path | None) -> int | None:
         return int(db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
 
 
+def check_stack(report: Report, spec: ServerSpec, result: LoadResult | OverloadResult, what: str) -> None:
+    """Note (and print) a run whose server did not run the requested event loop and HTTP parser."""
+    wanted = f"{spec.loop} / {spec.http}"
+    if result.stack != wanted:
+        message = f"{what}: ran {result.stack}, not the requested {wanted}"
+        print(f"   WARNING: {message}", file=sys.stderr, flush=True)
+        report.notes.append(message + ".")
+
+
 def bench_server(name: str, workers: int, report: Report, bodies: dict[str, Path], tmp: Path) -> None:
     profile = report.profile
     single = bodies["single"]
     port = free_port()
-    spec = server_spec(name, workers, port, tmp)
+    spec = server_spec(name, workers, port, tmp, report.loop, report.http)
     print(f"\n== {TITLES[name]}, {workers} worker(s): {spec.describe()}", flush=True)
     served_instances = 0
     in_flight_bound = 0  # instances wrk may have left in flight (answered, not counted) when each run stopped
@@ -941,10 +1135,11 @@ def bench_server(name: str, workers: int, report: Report, bodies: dict[str, Path
             print(
                 f"   c={concurrency:<4} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
                 f"p99 {result.p99_ms:7.2f} ms  errors {result.errors:<5} RSS {result.rss_mib:6.0f} MiB "
-                f"({result.processes} procs)  conns {'+'.join(map(str, result.connections))}"
+                f"({result.processes} procs)  conns {'+'.join(map(str, result.connections))}  {result.stack}"
                 + (f"  other run {result.other_rps[0]:,.0f} req/s" if result.other_rps else ""),
                 flush=True,
             )
+            check_stack(report, spec, result, f"{TITLES[name]} {workers}w c={concurrency}")
         for variant in BULK_VARIANTS.get(name, ()):
             bulk = bodies[variant.body]
             check_answer(server, bulk, BULK_ROWS, variant)
@@ -956,6 +1151,7 @@ def bench_server(name: str, workers: int, report: Report, bodies: dict[str, Path
             served_instances += served * BULK_ROWS
             in_flight_bound += BULK_CONCURRENCY * BULK_ROWS * (repeats + (1 if profile.warmup_s else 0))
             report.bulk.append(result)
+            check_stack(report, spec, result, f"{TITLES[name]} {workers}w bulk {variant.name}")
             print(
                 f"   bulk {variant.name} c={BULK_CONCURRENCY} {result.rps:>7,.1f} req/s = "
                 f"{result.instances_per_s:>9,.0f} instances/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
@@ -978,6 +1174,72 @@ def bench_server(name: str, workers: int, report: Report, bodies: dict[str, Path
         report.notes.append(
             f"{TITLES[name]} {workers}w: {served_instances:,} predictions counted by wrk as 2xx; {verdict}."
         )
+
+
+def overload_settings() -> list[tuple[str, str, bool]]:
+    """(variable, value in force, passed on from the environment) for the overload settings."""
+    from service.settings import ENV_PREFIX, Settings
+
+    rows = []
+    for name in OVERLOAD_SETTINGS:
+        variable = ENV_PREFIX + name
+        if variable in os.environ:
+            rows.append((variable, os.environ[variable], True))
+        else:
+            field_info = Settings.model_fields.get(name.lower())
+            rows.append((variable, str(field_info.default) if field_info else "?", False))
+    return rows
+
+
+def bench_overload(report: Report, body: Path, tmp: Path) -> None:
+    """calibserve, 1 worker, single-instance requests at OVERLOAD_BASELINE and then OVERLOAD_CONNECTIONS
+    connections, every response status counted: what it answers, what it sheds (503) and what fails."""
+    profile = report.profile
+    port = free_port()
+    spec = server_spec("calibserve", 1, port, tmp, report.loop, report.http)
+    data_dir = tmp / "calibserve-overload-data"
+    env = spec.env | {"CALIBSERVE_DATA_DIR": str(data_dir)}
+    env |= {variable: value for variable, value, passed in overload_settings() if passed}
+    spec = replace(spec, name="calibserve-overload", env=env, data_dir=data_dir)
+    print(f"\n== {TITLES[spec.name]}: {spec.describe()}", flush=True)
+    with running(spec, port, tmp) as server:
+        print(f"   ready after {server.ready_s:.2f} s", flush=True)
+        check_answer(server, body, 1)
+        url = server.base_url + spec.predict_path
+        wrk_options: dict[str, Any] = {"script": LUA_STATUS_SCRIPT, "threads": OVERLOAD_WRK_THREADS}
+        if profile.warmup_s:
+            run_wrk(url, body, OVERLOAD_BASELINE, profile.warmup_s, None, **wrk_options)
+        for connections in (OVERLOAD_BASELINE, OVERLOAD_CONNECTIONS):
+            raw = run_wrk(url, body, connections, profile.duration_s, server.process.pid, port, **wrk_options)
+            result = OverloadResult(
+                connections=connections,
+                seconds=raw["duration_us"] / 1e6,
+                statuses={int(status): int(count) for status, count in raw["statuses"].items()},
+                socket_errors={kind: int(raw[kind]) for kind in ("connect", "read", "write", "timeout")},
+                p50_ms=raw["p50_us"] / 1000,
+                p99_ms=raw["p99_us"] / 1000,
+                rss_mib=raw["rss_mib"],
+                stack=raw["stack"],
+            )
+            report.overload.append(result)
+            print(
+                f"   c={connections:<5} answered {result.answered_rps:>8,.0f} req/s  shed {result.shed_fraction:6.1%} "
+                f"({result.shed:,} x 503)  other errors {result.other_errors:<5} p50 {result.p50_ms:7.2f} ms  "
+                f"p99 {result.p99_ms:7.2f} ms (all responses)  RSS {result.rss_mib:6.0f} MiB  {result.stack}",
+                flush=True,
+            )
+            check_stack(report, spec, result, f"{TITLES[spec.name]} c={connections}")
+    print(f"   stopped in {server.stop_s:.2f} s", flush=True)
+
+
+def raise_open_file_limit() -> int:
+    """wrk holds a descriptor per connection (1,024 in the overload scenario): soft limit up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def litserve_available() -> str | None:
@@ -1005,6 +1267,11 @@ def print_summary(report: Report) -> None:
         )
     for batch, rate in sorted(report.ort_rows_per_s.items()):
         print(f"onnxruntime alone, batch {batch:<5} {rate:>12,.0f} rows/s")
+    for over in report.overload:
+        print(
+            f"{'overload':<20} {1:>2} {over.connections:>5} {over.answered_rps:>10,.0f} answered req/s, "
+            f"shed {over.shed_fraction:.1%}, other errors {over.other_errors}, p99 {over.p99_ms:.1f} ms (all)"
+        )
 
 
 def _relative_to_cwd(path: str) -> str:
@@ -1024,6 +1291,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="concurrency 8 and 32 only, shorter runs (~3 min)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown report (default: %(default)s)")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ", ".join(SERVERS))
+    parser.add_argument("--loop", choices=LOOPS, default=LOOPS[0], help="event loop of every server (%(default)s)")
+    parser.add_argument("--http", choices=PARSERS, default=PARSERS[0], help="HTTP parser of every server (%(default)s)")
+    parser.add_argument(
+        "--no-overload", action="store_true", help=f"skip the overload scenario ({OVERLOAD_CONNECTIONS:,} connections)"
+    )
     args = parser.parse_args(argv)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = sorted(set(servers) - set(SERVERS))
@@ -1034,8 +1306,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     command = shlex.join([_relative_to_cwd(sys.executable), _relative_to_cwd(sys.argv[0]), *sys.argv[1:]])
-    report = Report(profile=QUICK if args.quick else FULL, command=command)
-    facts = machine_facts()
+    report = Report(profile=QUICK if args.quick else FULL, command=command, loop=args.loop, http=args.http)
+    facts = machine_facts(report)
+    if not args.no_overload and (limit := raise_open_file_limit()) < OVERLOAD_CONNECTIONS + 64:
+        print(f"run_bench: the open-file limit ({limit}) is too low for wrk at {OVERLOAD_CONNECTIONS} connections")
+        return 2
     started = time.perf_counter()
     if "litserve" in servers and (why := litserve_available()):
         report.skipped["litserve"] = why
@@ -1056,6 +1331,12 @@ def main(argv: list[str] | None = None) -> int:
                     except BenchError as exc:  # this server is stopped already; go on with the others
                         print(f"   FAILED: {exc}", file=sys.stderr, flush=True)
                         report.notes.append(f"{TITLES[name]}, {workers}w failed: {str(exc).splitlines()[0]}")
+            if not args.no_overload:
+                try:
+                    bench_overload(report, bodies["single"], tmp)
+                except BenchError as exc:
+                    print(f"   FAILED: {exc}", file=sys.stderr, flush=True)
+                    report.notes.append(f"The overload scenario failed: {str(exc).splitlines()[0]}")
     except KeyboardInterrupt:
         print("\ninterrupted: servers stopped, partial results below", file=sys.stderr)
         report.notes.append("The run was interrupted: partial results.")

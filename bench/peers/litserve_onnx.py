@@ -1,6 +1,7 @@
 """Peer 3: LitServe serving the same ONNX model with its dynamic batching on.
 
     python bench/peers/litserve_onnx.py --port P [--workers N] [--max-batch-size 32] [--batch-timeout 0.002]
+        [--loop uvloop] [--http httptools]
 
 ``--workers N`` runs N inference workers (``workers_per_device=N`` on one CPU "device") behind N HTTP API
 server processes (``num_api_servers=N``). Requests are JSON ``{"instances": [[64 numbers], ...]}``; each
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout", type=float, default=0.002, help="seconds")
     parser.add_argument("--fast-queue", action="store_true", help="ZeroMQ between API servers and workers")
+    parser.add_argument("--loop", default="auto", help="uvicorn event loop of the API servers (uvloop, asyncio)")
+    parser.add_argument("--http", default="auto", help="uvicorn HTTP parser of the API servers (httptools, h11)")
     args = parser.parse_args()
     api = OnnxDigitsAPI(max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, api_path="/v1/predict")
     server = ls.LitServer(
@@ -69,6 +72,8 @@ def main() -> None:
         num_api_servers=args.workers,
         log_level="warning",
         generate_client_file=False,
+        loop=args.loop,  # passed on to uvicorn.Config
+        http=args.http,
     )
 
 
