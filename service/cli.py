@@ -75,7 +75,6 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _run_serve(args: argparse.Namespace) -> int:
     import os
-    import shutil
     import signal
 
     import uvicorn
@@ -91,12 +90,17 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(f"calibserve serve: invalid settings: {problems}", file=sys.stderr)
         return 2
     if settings.workers > 1:
-        # Metrics from every worker: each writes samples into this directory, /metrics sums them up.
-        # Set before the service modules (and prometheus_client's metrics) are imported anywhere.
-        metrics_dir = settings.data_dir / "prometheus"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+        # Metrics from every worker: each writes samples into this server's own directory, /metrics sums
+        # them up; another server on the same data dir has its own. Removed at exit (SIGTERM exits through
+        # sys.exit below); a killed server's is removed by the next start. Set before the service modules
+        # (and prometheus_client's metrics) are imported anywhere.
+        import atexit
+
+        from service.monitoring import metrics_dir
+
+        own_metrics_dir = metrics_dir.claim(settings.data_dir / "prometheus")
+        atexit.register(metrics_dir.release, own_metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(own_metrics_dir.resolve())
     from service.main import load_engine
 
     load_engine(settings)  # fail fast, before uvicorn, with a message naming the file and the problem
