@@ -110,6 +110,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     # uvicorn finishes in-flight requests on SIGTERM, then re-raises the signal to whatever handler was
     # installed before it: make that an ordinary exit, so a graceful stop ends with status 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from service.api.connections import CappedHTTPProtocol
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)  # the supervisor's lines; workers redo it
     uvicorn.run(
         "service.main:create_app",
         factory=True,
@@ -117,7 +121,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=8,
+        log_config=None,  # calibserve's own handlers and format (service/logs.py), not uvicorn's
+        access_log=False,  # the access line comes from calibserve.access: route template, request id, model
+        http=CappedHTTPProtocol,  # httptools (or h11) with CALIBSERVE_MAX_CONNECTIONS enforced at accept
+        loop="auto",  # uvloop, from uvicorn[standard]
+        limit_concurrency=settings.limit_concurrency or settings.max_connections + 1,
+        backlog=settings.backlog,
+        timeout_keep_alive=settings.timeout_keep_alive,
+        timeout_graceful_shutdown=settings.graceful_timeout,
     )
     return 0
 
