@@ -192,6 +192,76 @@ class LoadResult:
 
 
 @dataclass
+class ProbeResult:
+    """One more client beside wrk's connections, timing each of its requests: latency of the answered (200)
+    and the shed (503) requests apart, which wrk's all-responses histogram cannot give."""
+
+    answered_ms: list[float]
+    shed_ms: list[float]
+    other: int
+
+    @staticmethod
+    def _percentile(values: list[float], q: float) -> float:
+        return float(np.percentile(values, q)) if values else float("nan")
+
+    def answered(self, q: float) -> float:
+        return self._percentile(self.answered_ms, q)
+
+    def shed(self, q: float) -> float:
+        return self._percentile(self.shed_ms, q)
+
+
+class Probe:
+    """Sequential keep-alive requests on its own connection while wrk runs (a new connection after an error)."""
+
+    def __init__(self, host: str, port: int, path: str, body: bytes) -> None:
+        import threading
+
+        self._address, self._path, self._body = (host, port), path, body
+        self._stop = threading.Event()
+        self._result = ProbeResult([], [], 0)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    @property
+    def result(self) -> ProbeResult:
+        return self._result
+
+    def _run(self) -> None:
+        import http.client
+
+        connection: http.client.HTTPConnection | None = None
+        headers = {"Content-Type": "application/json"}
+        while not self._stop.is_set():
+            if connection is None:
+                connection = http.client.HTTPConnection(*self._address, timeout=30)
+            started = time.perf_counter()
+            try:
+                connection.request("POST", self._path, self._body, headers)
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                self._result.other += 1
+                connection.close()
+                connection = None
+                continue
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if response.status == 200:
+                self._result.answered_ms.append(elapsed_ms)
+            elif response.status == 503:
+                self._result.shed_ms.append(elapsed_ms)
+            else:
+                self._result.other += 1
+
+
+@dataclass
 class OverloadResult:
     """One wrk run of the overload scenario, every response status counted (post_json_statuses.lua)."""
 
@@ -203,6 +273,7 @@ class OverloadResult:
     p99_ms: float
     rss_mib: float
     stack: str
+    probe: ProbeResult | None = None
 
     @property
     def responses(self) -> int:
@@ -924,11 +995,14 @@ def render_overload(report: Report) -> list[str]:
         "- answered: 200 responses per second; shed: 503 responses / all responses; other errors: responses "
         "neither 200 nor 503, plus socket errors (connect, read, write, timeout).",
         "- Latency is wrk's, over **every** response, answered and shed alike (wrk's Lua API cannot tell which "
-        "request a response answers, so percentiles of the 200s alone are not measured here).",
+        "request a response answers). The *probe* columns are one more client beside wrk's connections, sending "
+        "the same request back to back on its own keep-alive connection and timing each: latency of its answered "
+        "(200) and shed (503) requests apart.",
         "",
     ]
     header = ["connections", "answered req/s", "responses", "503 (shed)", "shed fraction", "other errors"]
-    header += ["p50 ms (all)", "p99 ms (all)", "RSS MiB", "loop / http"]
+    header += ["p50 ms (all)", "p99 ms (all)", "probe: answered n", "probe: answered p50 / p99 ms"]
+    header += ["probe: shed n", "probe: shed p50 ms", "RSS MiB", "loop / http"]
     rows = [
         [
             f"{r.connections:,}",
@@ -939,6 +1013,10 @@ def render_overload(report: Report) -> list[str]:
             str(r.other_errors) + (f" ({r.other_detail()})" if r.other_errors else ""),
             f"{r.p50_ms:.2f}",
             f"{r.p99_ms:.2f}",
+            str(len(r.probe.answered_ms)) if r.probe else "-",
+            f"{r.probe.answered(50):.1f} / {r.probe.answered(99):.1f}" if r.probe else "-",
+            str(len(r.probe.shed_ms)) if r.probe else "-",
+            f"{r.probe.shed(50):.1f}" if r.probe else "-",
             f"{r.rss_mib:.0f}",
             r.stack,
         ]
@@ -1210,7 +1288,8 @@ def bench_overload(report: Report, body: Path, tmp: Path) -> None:
         if profile.warmup_s:
             run_wrk(url, body, OVERLOAD_BASELINE, profile.warmup_s, None, **wrk_options)
         for connections in (OVERLOAD_BASELINE, OVERLOAD_CONNECTIONS):
-            raw = run_wrk(url, body, connections, profile.duration_s, server.process.pid, port, **wrk_options)
+            with Probe("127.0.0.1", port, spec.predict_path, body.read_bytes()) as probe:
+                raw = run_wrk(url, body, connections, profile.duration_s, server.process.pid, port, **wrk_options)
             result = OverloadResult(
                 connections=connections,
                 seconds=raw["duration_us"] / 1e6,
@@ -1220,12 +1299,19 @@ def bench_overload(report: Report, body: Path, tmp: Path) -> None:
                 p99_ms=raw["p99_us"] / 1000,
                 rss_mib=raw["rss_mib"],
                 stack=raw["stack"],
+                probe=probe.result,
             )
             report.overload.append(result)
             print(
                 f"   c={connections:<5} answered {result.answered_rps:>8,.0f} req/s  shed {result.shed_fraction:6.1%} "
                 f"({result.shed:,} x 503)  other errors {result.other_errors:<5} p50 {result.p50_ms:7.2f} ms  "
                 f"p99 {result.p99_ms:7.2f} ms (all responses)  RSS {result.rss_mib:6.0f} MiB  {result.stack}",
+                flush=True,
+            )
+            print(
+                f"   probe: {len(probe.result.answered_ms)} answered, p50 {probe.result.answered(50):.1f} ms, "
+                f"p99 {probe.result.answered(99):.1f} ms; {len(probe.result.shed_ms)} shed, p50 "
+                f"{probe.result.shed(50):.1f} ms; {probe.result.other} other",
                 flush=True,
             )
             check_stack(report, spec, result, f"{TITLES[spec.name]} c={connections}")

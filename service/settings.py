@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         "(their bodies unread) until the queue deadline",
     )
     queue_timeout_ms: float = Field(
-        100.0,
+        1000.0,
         gt=0.0,
         description="a request still queued after this long is refused with 503 (one being scored is never dropped)",
     )
