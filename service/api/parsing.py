@@ -116,10 +116,10 @@ def parse_count(text: str, field: str, *, minimum: int = 0, error: type[InvalidI
     limit), and a count past 10**18 is past every limit the service has."""
     if not (text.isascii() and text.isdigit()):
         raise error(f"{field} must be an integer >= {minimum}, got {shown(text)}", {"field": field})
-    significant = len(text.lstrip("0"))
-    if significant > _MAX_DIGITS:
-        raise error(f"{field} is too large: an integer of {significant} digits", {"field": field})
-    value = int(text)
+    digits = text.lstrip("0") or "0"  # int() counts leading zeros against its 4300-digit limit too
+    if len(digits) > _MAX_DIGITS:
+        raise error(f"{field} is too large: an integer of {len(digits)} digits", {"field": field})
+    value = int(digits)
     if value < minimum:
         raise error(f"{field} must be an integer >= {minimum}, got {shown(text)}", {"field": field})
     return value
