@@ -292,9 +292,22 @@ def test_two_million_feedback_items_are_refused_for_their_count(client: Client) 
     assert error["details"]["limit"] == 1000 and "more than 1000 feedback items" in error["message"]
 
 
-def test_too_many_instances_is_413_before_any_row_is_validated(client: Client) -> None:
-    body = json.dumps({"instances": [["a"] * 64] * 1001}).encode()
-    assert error_of(client.post("/v1/predict", content=body, headers=JSON), 413)["details"]["limit"] == 1000
+def test_too_many_rows_is_413_after_bad_values_or_before_decoding_a_large_body(client: Client) -> None:
+    """Up to 1 MiB the body is decoded and bad values are named first (422, as always); larger bodies are
+    refused for their row count before they are decoded (413, "more than": nobody counted them)."""
+    bad = {"instances": [["a"] * 64] * 1001}
+    assert error_of(client.post("/v1/predict", json=bad), 422)["message"].startswith("instances[0][0]: ")
+    error = error_of(client.post("/v1/predict", json={"instances": [DIGIT_ZERO] * 1001}), 413)
+    assert error["message"].startswith("1001 instances exceed the limit of 1000")
+    large = json.dumps({"instances": [["a"] * 64] * 5000}).encode()
+    assert len(large) > 1024 * 1024
+    error = error_of(client.post("/v1/predict", content=large, headers=JSON), 413)
+    assert error["message"].startswith("more than 1000 instances") and error["details"]["limit"] == 1000
+    items: list[Any] = [{"prediction_id": 1, "label": 2}] * 1001
+    assert error_of(client.post("/v1/feedback", json={"feedback": items}), 422)["message"].startswith("feedback[0]")
+    items = [{"prediction_id": "x", "label": "0"}] * 1001
+    error = error_of(client.post("/v1/feedback", json={"feedback": items}), 413)
+    assert error["message"].startswith("1001 feedback items exceed the limit of 1000")
 
 
 def test_a_thousand_bad_rows_name_the_first_problems_only(client: Client) -> None:
