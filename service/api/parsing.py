@@ -13,9 +13,10 @@ Hostile input gets a 4xx, never a 500 or a stall. Every JSON body the service de
 through ``load_json`` (integers past CPython's 4300-digit limit, lone UTF-16 surrogates, invalid UTF-8 and
 nesting become 400s naming the problem); every count or number sent as text (a query parameter, a header)
 through ``parse_count`` / ``parse_number``; every client value an error message echoes through ``shown``
-(bounded, whatever was sent). A refused body costs little: cheap checks (item counts, row widths) come
-before element-by-element validation, which only ever sees a bounded number of bad elements, and bodies
-over ``OFF_LOOP_BYTES`` are parsed in a worker thread so the event loop keeps answering meanwhile.
+(bounded, whatever was sent). A refused body costs little: cheap checks (item counts and row widths,
+read from the undecoded JSON of a body over ``GATE_BYTES``) come before element-by-element validation,
+which only ever sees a bounded number of bad elements, and bodies over ``OFF_LOOP_BYTES`` are parsed in
+a worker thread so the event loop keeps answering meanwhile.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import anyio.to_thread
 import msgspec
@@ -92,7 +93,7 @@ async def parse_off_loop(body: bytes, parse: Callable[[], T]) -> T:
             raise refused
         finally:
             del refused  # or this frame and the error's traceback would hold each other (and the body)
-    return parsed  # type: ignore[return-value]  # (parsed, None) or (None, error): parsed is a T here
+    return cast(T, parsed)  # (parsed, None) or (None, error): here it is the first
 
 
 def _outcome(parse: Callable[[], T]) -> tuple[T | None, ServiceError | None]:
@@ -550,10 +551,12 @@ def _read_npy(body: bytes, n_features: int, max_instances: int) -> NDArray[Any]:
     numpy's messages advise ``allow_pickle=True``, which a client of this service must never be told."""
     if body.startswith(b"PK\x03\x04"):
         raise MalformedRequest("request body is an .npz archive; send a single .npy array", {"field": "body"})
-    if not body.startswith(NPY_MAGIC) or len(body) < 10:
+    if not body.startswith(NPY_MAGIC):
         raise MalformedRequest(
             "request body is not an .npy file (it does not start with \\x93NUMPY)", {"field": "body"}
         )
+    if len(body) < len(NPY_MAGIC) + 2:
+        raise MalformedRequest("request body is not a valid .npy file: it ends inside its header", {"field": "body"})
     version = (body[6], body[7])
     if version not in _NPY_VERSIONS:
         raise MalformedRequest(
