@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from service.api.parsing import shown
 from service.errors import ModelNotFound, ModelNotReady
 from service.inference.engine import InferenceEngine
 from service.monitoring.monitor import Monitor
@@ -34,7 +33,7 @@ def get_predictor(request: Request) -> Predictor:
 def require_model(engine: InferenceEngine, name: str | None) -> None:
     if name is not None and name != engine.card.name:
         raise ModelNotFound(
-            f"model {shown(name)} is not loaded; this server serves {engine.card.name!r}",
+            f"model {name[:200]!r} is not loaded; this server serves {engine.card.name!r}",
             {"model": name[:200], "available": [engine.card.name]},
         )
 

@@ -21,7 +21,7 @@ from service.api.oip import (
     parse_infer,
     server_metadata,
 )
-from service.api.parsing import parse_off_loop, shown
+from service.api.parsing import parse_off_loop
 from service.errors import ModelNotFound, UnsupportedMediaType
 from service.inference.engine import InferenceEngine
 
@@ -37,7 +37,7 @@ def _model(request: Request, name: str, version: str | None) -> InferenceEngine:
     require_model(engine, name)
     if version is not None and version != engine.card.version:
         raise ModelNotFound(
-            f"model {shown(name)} has no version {shown(version)}; the loaded version is {engine.card.version!r}",
+            f"model {name[:200]!r} has no version {version[:200]!r}; the loaded version is {engine.card.version!r}",
             {"version": version[:200], "available": [engine.card.version]},
         )
     return engine
