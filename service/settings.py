@@ -65,7 +65,7 @@ class Settings(BaseSettings):
 
     # Overload: shed what cannot be answered in time instead of queueing without bound (bench/RESULTS.md).
     max_queue_rows: int = Field(
-        2048,
+        16_384,
         ge=1,
         description="most rows waiting for inference per model; a request that does not fit is refused with 503",
     )
