@@ -262,3 +262,36 @@ def test_sigterm_under_load_answers_every_accepted_request_and_logs_every_acknow
         logged = {row[0] for row in db.execute("SELECT id FROM predictions")}
     missing = set(load.acknowledged) - logged
     assert not missing, f"{len(missing)} of {len(load.acknowledged)} acknowledged predictions are not in the log"
+
+
+def test_a_client_that_disconnects_mid_body_is_a_499_not_a_500_and_no_traceback(tmp_path: Path) -> None:
+    with running_server(tmp_path) as server:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(
+                    b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 5000\r\n\r\n" + b'{"instances": [[0'
+                )
+        deadline = time.monotonic() + 10
+        metrics = ""
+        while time.monotonic() < deadline:
+            metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
+            if predict_count(metrics, "499") == 3:
+                break
+            time.sleep(0.05)
+        stop(server)
+    assert predict_count(metrics, "499") == 3, metrics
+    assert predict_count(metrics, "500") == 0
+    assert "Traceback" not in server.output()
+
+
+def predict_count(metrics: str, status: str) -> float:
+    """``calibserve_requests_total`` for POST /v1/predict with ``status`` (label order as the client writes it)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("calibserve_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            wanted = ('route="/v1/predict"', 'method="POST"', f'status="{status}"')
+            if all(label in labels for label in wanted):
+                total += float(value)
+    return total

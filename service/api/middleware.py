@@ -227,7 +227,33 @@ def _declared_length(value: str | None) -> int | None:
     return int(digits) if len(digits) <= 18 else 10**18
 
 
-INFERENCE_PATH = re.compile(r"^/v1/(?:models/[^/]+/)?predict$|^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$")
+INFERENCE_ROUTES = (
+    (re.compile(r"^/v1/predict$"), "/v1/predict"),
+    (re.compile(r"^/v1/models/[^/]+/predict$"), "/v1/models/{name}/predict"),
+    (re.compile(r"^/v2/models/[^/]+/infer$"), "/v2/models/{name}/infer"),
+    (re.compile(r"^/v2/models/[^/]+/versions/[^/]+/infer$"), "/v2/models/{name}/versions/{version}/infer"),
+)
+
+
+class _Route:
+    """What the request metrics and the access log read from a matched route: its path template."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+_ROUTES = {template: _Route(template) for _, template in INFERENCE_ROUTES}
+
+
+def inference_route(path: str) -> str | None:
+    """The route template of an inference path, or None for every other path."""
+    if path.startswith(("/v1/", "/v2/")):
+        for pattern, template in INFERENCE_ROUTES:
+            if pattern.match(path):
+                return template
+    return None
 
 
 class AdmissionGate:
@@ -239,13 +265,15 @@ class AdmissionGate:
         self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not INFERENCE_PATH.match(scope["path"]):
+        template = inference_route(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if template is None:
             await self.app(scope, receive, send)
             return
         try:
             await self.admission.acquire(received_at())
         except Overloaded as refused:
             SHED.labels(reason=str(refused.details["reason"])).inc()
+            scope["route"] = _ROUTES[template]  # counted and logged under its route, not as unmatched
             await send_error(scope, receive, send, refused)
             return
         try:

@@ -121,6 +121,9 @@ def test_past_the_concurrency_bound_a_request_waits_unread_and_is_refused_at_its
             blocker.result(10)
         assert admission.in_flight == 0 and admission.waiting == 0
 
+        metrics = served.get("/metrics").text
     assert first.status_code == 200 and health.status_code == 200
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    counted = [line for line in metrics.splitlines() if line.startswith("calibserve_requests_total{")]
+    assert any('route="/v2/models/{name}/infer"' in line and 'status="503"' in line for line in counted), counted
     assert "CALIBSERVE_MAX_CONCURRENT_REQUESTS" in refused.json()["error"]
