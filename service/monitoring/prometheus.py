@@ -7,7 +7,9 @@ serves one process. Gauges that every worker computes from the shared log use ``
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import (
@@ -19,6 +21,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+logger = logging.getLogger("calibserve.metrics")
 
 REQUESTS = Counter(
     "calibserve_requests_total", "HTTP requests by route, method and status", ["route", "method", "status"]
@@ -74,8 +78,27 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
 
 
 def render() -> tuple[bytes, str]:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+    """The exposition of every worker's metrics, or of this worker's alone when the shared directory is gone.
+
+    ``/metrics`` must always render: if the multi-process directory was deleted (with the data directory,
+    say), this worker's own values are still in its memory-mapped files (unlinked, still mapped), so they
+    are served instead, with one warning that the sum over workers is lost until the server restarts.
+    """
+    global _warned_directory
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and Path(directory).is_dir():
+        try:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        except (OSError, ValueError) as error:
+            problem = str(error)
+    else:
+        problem = "it is gone"
+    if directory and not _warned_directory:
+        _warned_directory = True
+        logger.warning("metrics directory %s unreadable (%s): /metrics serves this worker only", directory, problem)
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+_warned_directory = False
