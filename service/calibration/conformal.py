@@ -6,6 +6,17 @@ Uncertainty Quantification") scores a calibration sample by ``s = 1 - p_true``. 
 corrected quantile ``qhat`` of the scores, the set ``{k : p_k >= 1 - qhat}`` contains the true label with
 probability at least ``coverage`` on exchangeable data, whatever the model and however badly calibrated
 (calibration only makes the sets smaller).  The guarantee is marginal (on average over test points).
+
+It is also an average over calibration sets.  For the one calibration set a card was fitted on, the
+long-run coverage of its threshold is itself random: with continuous scores it follows
+``Beta(k, n + 1 - k)``, ``k = ceil((n + 1) * coverage)`` (Vovk 2012, "Conditional validity of inductive
+conformal predictors", PMLR 25; Angelopoulos & Bates 2021, section 3.2 "conditional on the calibration
+set").  At n = 360 and coverage 0.9 that is below 0.9 for 47% of cards, and its 5% quantile is 0.873.
+:func:`coverage_given_card` gives those figures from (n, coverage) alone; :func:`pac_rank` and
+:func:`lac_threshold_pac` give the training-conditional ("PAC") threshold, whose coverage is at least
+``coverage`` for the card at hand with probability at least ``1 - delta`` over calibration sets (Vovk 2012,
+Proposition 2a; Bates, Angelopoulos, Lei, Malik & Jordan 2021, "Distribution-free, risk-controlling
+prediction sets", JACM 68(6), the binomial-tail bound).
 """
 
 from __future__ import annotations
@@ -18,14 +29,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from service.calibration.binomial import beta_cdf, beta_quantile
 from service.calibration.metrics import validate_labels, validate_probs, validate_probs_labels
 
 __all__ = [
     "ConformalLevel",
+    "CoverageGivenCard",
+    "conformal_rank",
+    "coverage_given_card",
     "empirical_coverage",
     "fit_conformal",
     "lac_threshold",
+    "lac_threshold_pac",
     "mean_set_size",
+    "pac_rank",
     "prediction_sets",
 ]
 
@@ -55,11 +72,14 @@ def lac_threshold(probs_cal: NDArray[np.floating[Any]], labels_cal: NDArray[np.i
     the Gentle Introduction's code: for ``k < n`` numpy's "higher" rule picks the ``(k+1)``-th smallest
     score, which is valid but needlessly conservative by one calibration point.
     """
-    c = _check_coverage(coverage)
     p, y = validate_probs_labels(probs_cal, labels_cal)
+    return _threshold_at_rank(p, y, conformal_rank(p.shape[0], coverage))
+
+
+def _threshold_at_rank(p: NDArray[np.float64], y: NDArray[np.intp], k: int) -> float:
+    """``1 -`` the k-th smallest LAC score of validated ``p`` [n, K], ``y`` [n]; 0.0 when ``k > n``."""
     n = p.shape[0]
     p_true = p[np.arange(n), y]
-    k = math.ceil((n + 1) * c - _CEIL_SLACK)
     if k > n:
         return 0.0
     # The k-th smallest score 1 - p_true is 1 - (the (n-k+1)-th smallest p_true); reading p_true directly
@@ -127,4 +147,87 @@ def fit_conformal(
     p, y = validate_probs_labels(probs_cal, labels_cal)
     return tuple(
         ConformalLevel(coverage=float(c), threshold=lac_threshold(p, y, c), n_calibration=p.shape[0]) for c in coverages
+    )
+
+
+def conformal_rank(n: int, coverage: float) -> int:
+    """Rank ``k = ceil((n + 1) * coverage)`` of the plain split-conformal score quantile (``k > n``: all classes)."""
+    c = _check_coverage(coverage)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return math.ceil((n + 1) * c - _CEIL_SLACK)
+
+
+def pac_rank(n: int, coverage: float, delta: float) -> int:
+    """Smallest rank ``k`` with ``P(Beta(k, n + 1 - k) < coverage) <= delta``; ``n + 1`` when none is.
+
+    The threshold at the k-th smallest of n calibration scores has, given that calibration set, coverage
+    ``Beta(k, n + 1 - k)`` (continuous scores; ties only raise it), so this k makes coverage >= ``coverage``
+    hold for the card at hand with probability >= ``1 - delta`` over calibration sets: the training-conditional
+    guarantee of Vovk 2012 (Prop. 2a) and the binomial bound of Bates et al. 2021 (RCPS). ``n + 1`` means the
+    calibration set is too small for (coverage, delta): every class goes in every set.
+    """
+    c = _check_coverage(coverage)
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    # P(Beta(k, n+1-k) < c) = P(Binomial(n, c) >= k) grows with k: walk up from the plain rank.
+    k = min(conformal_rank(n, c), n + 1)
+    low, high = max(1, k - 1), n + 1  # the plain rank's failure probability is about 1/2 > delta in practice
+    while low > 1 and beta_cdf(c, low, n + 1 - low) <= delta:
+        low -= 1
+    while low < high:  # smallest k in [low, high] with the tail <= delta (high = n + 1 always qualifies)
+        middle = (low + high) // 2
+        if beta_cdf(c, middle, n + 1 - middle) <= delta:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def lac_threshold_pac(
+    probs_cal: NDArray[np.floating[Any]], labels_cal: NDArray[np.integer[Any]], coverage: float, delta: float = 0.05
+) -> float:
+    """Like :func:`lac_threshold` but training-conditional: with probability >= ``1 - delta`` over calibration
+    sets, this threshold's sets contain the true label at least ``coverage`` of the time (Vovk 2012; Bates et
+    al. 2021). It takes the :func:`pac_rank`-th smallest score instead of the ``ceil((n + 1) * coverage)``-th,
+    so the sets are a little larger; 0.0 (every class) when the calibration set is too small."""
+    p, y = validate_probs_labels(probs_cal, labels_cal)
+    return _threshold_at_rank(p, y, pac_rank(p.shape[0], coverage, delta))
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageGivenCard:
+    """What one fitted plain split-conformal threshold guarantees, given its calibration set.
+
+    ``p_below_nominal`` is ``P(coverage < nominal | card)`` over calibration sets, ``quantile`` the
+    ``quantile_level``-quantile of the coverage (with probability ``1 - quantile_level`` the card's coverage
+    is at least this). Exact for continuous scores; ties only raise the coverage, so both are conservative.
+    """
+
+    coverage: float
+    n_calibration: int
+    rank: int
+    p_below_nominal: float
+    quantile_level: float
+    quantile: float
+
+
+def coverage_given_card(n: int, coverage: float, quantile_level: float = 0.05) -> CoverageGivenCard:
+    """The distribution of the long-run coverage of a plain split-conformal threshold from ``n`` scores.
+
+    Coverage given the calibration set is ``Beta(k, n + 1 - k)``, ``k = ceil((n + 1) * coverage)``
+    (Vovk 2012; Angelopoulos & Bates 2021, section 3.2); its mean is ``k / (n + 1) >= coverage`` (the
+    marginal guarantee), but at n = 360, coverage 0.9 it is below 0.9 with probability 0.47. When
+    ``k > n`` the threshold is 0 and every set holds every class: coverage is 1.
+    """
+    if not 0.0 < quantile_level < 1.0:
+        raise ValueError(f"quantile_level must be in (0, 1), got {quantile_level!r}")
+    c = _check_coverage(coverage)
+    k = conformal_rank(n, c)
+    if k > n:
+        return CoverageGivenCard(c, n, k, 0.0, quantile_level, 1.0)
+    return CoverageGivenCard(
+        c, n, k, beta_cdf(c, k, n + 1 - k), quantile_level, beta_quantile(quantile_level, k, n + 1 - k)
     )
