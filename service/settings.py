@@ -47,8 +47,9 @@ class Settings(BaseSettings):
         None,
         gt=0.0,
         le=1.0,
-        description="abstain below the lowest confidence threshold whose accuracy in the card's selective "
-        "table reaches this",
+        description="abstain below the lowest confidence threshold of the card's selective table whose kept "
+        "predictions' accuracy is at least this with 95% confidence (one-sided Clopper-Pearson lower bound, "
+        "thresholds tried from the strictest down); start-up fails if none is, naming the test samples needed",
     )
     min_bin_support: int = Field(
         10, ge=1, description="expected_accuracy merges neighbouring reliability bins until they hold this many"
@@ -122,6 +123,13 @@ class Settings(BaseSettings):
     ks_pvalue: float = Field(0.01, gt=0, lt=1, description="KS test of confidences below this p-value: warning")
     class_shift_warning: float = Field(0.10, gt=0, description="total variation of predicted classes vs training")
     class_shift_critical: float = Field(0.20, gt=0, description="class shift: critical")
+    false_alarm_rate: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="live checks: chance per evaluation that clean traffic raises the status; split equally across "
+        "the six live checks, each of which must also exceed its own sampling-noise gate at that level",
+    )
     api_key: SecretStr | None = Field(None, description="if set, POST /v1/feedback needs 'Authorization: Bearer <key>'")
     max_feedback_items: int = Field(1000, ge=1, description="most feedback items in one request (more: 413)")
     feedback_pending_seconds: float = Field(

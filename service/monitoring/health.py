@@ -17,11 +17,17 @@ _SEVERITY: dict[Status, int] = {"ok": 0, "insufficient_data": 1, "warning": 2, "
 
 @dataclass(frozen=True, slots=True)
 class Reason:
+    """One check's verdict. ``gate`` names the sampling-noise gate a live check also had to pass before it
+    may alarm (e.g. ``"ece_noise_floor"``, ``"psi_null"``, ``"ks_pvalue"``), with ``noise`` the value the
+    statistic had to exceed; both None for checks without one."""
+
     code: str
     status: Status
     message: str
     value: float | None = None
     threshold: float | None = None
+    gate: str | None = None
+    noise: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

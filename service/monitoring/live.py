@@ -12,27 +12,44 @@ minimum size yields one ``insufficient_data`` reason instead of its checks, so a
 false alarm. Inputs are plain arrays (the prediction log hands them over); this module is pure numpy and
 performs no I/O.
 
-Sampling noise. The conventional PSI (0.1/0.25) and class-shift thresholds are effect sizes that assume large
-samples. On the bundled digits model, clean windows of 100 predictions exceed PSI 0.1 in ~86% and total
-variation 0.1 in ~75% of cases, purely from sampling noise. So a drift check only warns when its statistic
-exceeds the threshold *and* the ``noise_level`` quantile of the same statistic between two samples of the
-reference distribution of these sizes (:func:`service.monitoring.drift.psi_noise`); the message says when a
-value above the threshold is still within noise. ECE and accuracy are judged as the thresholds say, with the
-ECE noise floor and bootstrap interval in the message.
+Sampling noise. The thresholds (ECE 0.05, accuracy drop 0.05, PSI 0.1, total variation 0.1) are effect sizes
+that assume large samples. On the bundled digits model, clean windows of 100 predictions exceed PSI 0.1 in
+~86% and total variation 0.1 in ~75% of cases, and a perfectly calibrated model shows ECE > 0.05 in ~6% of
+50-label windows, purely from sampling noise. So every live check only alarms when its statistic exceeds the
+threshold *and* passes a gate against its own no-change distribution at these sample sizes, named in the
+reason's ``gate`` field and message:
+
+- ``live_ece``: the ECE noise floor (:func:`service.calibration.metrics.ece_noise_floor`: ECE of a perfectly
+  calibrated model with these very confidences and this n, simulated);
+- ``live_accuracy_drop``: :func:`service.monitoring.drift.accuracy_drop_noise` (one-sided two-sample test of
+  proportions, simulated under Jeffreys' prior);
+- ``confidence_psi`` and ``class_shift``: the Dirichlet-multinomial null of
+  :func:`service.monitoring.drift.psi_noise` / :func:`~service.monitoring.drift.total_variation_noise`;
+- ``estimated_accuracy_drop``: :func:`service.monitoring.drift.estimated_accuracy_drop_noise`;
+- ``confidence_ks``: its p-value.
+
+The status combines six checks, so each gate runs at ``false_alarm_rate / 6`` (Bonferroni): the chance that
+clean traffic raises the overall status is then at most ``false_alarm_rate`` per evaluation, at every window
+size (measured in bench/FALSE_ALARMS.md). The label-free nulls depend only on the card and the window size,
+so they are cached per (reference, n); the ECE floor depends on the window's confidences and is simulated per
+evaluation (a few ms to ~0.1 s at 500 labels).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.calibration.card import CalibrationCard
-from service.calibration.metrics import summarize, validate_labels, validate_probs
+from service.calibration.metrics import bin_indices, ece_noise_floor, summarize, validate_labels, validate_probs
 from service.monitoring.drift import (
     SamplingNoise,
+    accuracy_drop_noise,
+    estimated_accuracy_drop_noise,
     histogram,
     ks_two_sample,
     population_stability_index,
@@ -54,9 +71,14 @@ __all__ = [
 # The trainer stores the card's raw reference confidences rounded to 6 decimals; live confidences are rounded
 # the same way before the KS test, or the float32 values just below a rounded 1.0 would count as a shift.
 REFERENCE_CONFIDENCE_DECIMALS = 6
-# Simulations behind the drift noise levels: cheap (multinomial draws over at most K bins), and enough for a
-# stable 99% quantile.
-_NOISE_SIMULATIONS = 2000
+# Simulations behind the cached nulls (PSI, class shift, accuracy drops): cheap (multinomial draws over at
+# most K bins, ~0.1 s, once per window size) and enough for a stable 99.8% quantile (~40 simulations above it).
+_NOISE_SIMULATIONS = 20000
+# Simulations behind the live ECE floor, run on every evaluation (its confidences change with the window):
+# ~0.05 s at 500 labels.
+_ECE_SIMULATIONS = 2000
+# The live checks whose reasons can alarm; the false-alarm budget is split equally among them (Bonferroni).
+LIVE_CHECKS = 6
 # Level of the bootstrap intervals on live metrics (the card's intervals use the same).
 _INTERVAL_LEVEL = 0.9
 
@@ -65,8 +87,10 @@ _INTERVAL_LEVEL = 0.9
 class LiveThresholds:
     """Where live checks turn warning or critical; the defaults follow common practice (see each check).
 
-    ``noise_level`` is the quantile of the no-shift distribution a drift statistic (PSI, class-shift total
-    variation) must also exceed before it counts; 0.99 keeps the false-alarm rate of each check near 1%.
+    ``false_alarm_rate`` is the chance per evaluation that clean traffic (a calibrated model, no shift) raises
+    the overall status; each of the ``LIVE_CHECKS`` gates runs at an equal share of it (Bonferroni), so every
+    statistic must also exceed the ``1 - false_alarm_rate / LIVE_CHECKS`` quantile of its no-change
+    distribution (the KS test: p below that share, or below ``ks_pvalue`` if smaller).
     """
 
     min_labels: int = 50
@@ -80,14 +104,24 @@ class LiveThresholds:
     ks_pvalue: float = 0.01
     class_shift_warning: float = 0.10
     class_shift_critical: float = 0.20
-    noise_level: float = 0.99
+    false_alarm_rate: float = 0.01
+
+    @property
+    def gate_alpha(self) -> float:
+        """The false-alarm share of each check: ``false_alarm_rate / LIVE_CHECKS``."""
+        return self.false_alarm_rate / LIVE_CHECKS
+
+    @property
+    def noise_level(self) -> float:
+        """The quantile of each check's no-change distribution that its statistic must exceed."""
+        return 1.0 - self.gate_alpha
 
     def __post_init__(self) -> None:
         for name in ("min_labels", "min_predictions"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("ks_pvalue", "noise_level"):
+        for name in ("ks_pvalue", "false_alarm_rate"):
             value = getattr(self, name)
             if not (0.0 < value < 1.0):
                 raise ValueError(f"{name} must be in (0, 1), got {value!r}")
@@ -208,36 +242,42 @@ def _labelled(
     level = round(_INTERVAL_LEVEL * 100)
     ece = live.ece
     floor = live.ece_noise_floor
-
-    status, threshold = _grade(ece.value, thresholds.ece_warning, thresholds.ece_critical)
-    noise_note = (
-        "; that is within what a perfectly calibrated model shows by chance at this n"
-        if ece.value <= floor.upper
-        else ""
+    conf = np.max(probs, axis=1)
+    # The gate: the same simulation as the floor above, at the check's own level (Nixon et al. 2019 on ECE's bias).
+    gate = ece_noise_floor(conf, n_sim=_ECE_SIMULATIONS, level=thresholds.noise_level, seed=seed)
+    ece_noise = SamplingNoise(gate.mean, gate.upper, gate.level, n, n, _ECE_SIMULATIONS)
+    status, threshold, verdict = _drift_grade(
+        ece.value, thresholds.ece_warning, thresholds.ece_critical, ece_noise, "a perfectly calibrated model"
     )
     reasons = [
         Reason(
             "live_ece",
             status,
             f"live ECE {ece.value:.3f} over the last {n} labelled predictions ({level}% interval "
-            f"[{ece.lower:.3f}, {ece.upper:.3f}]) {_verdict(status, threshold)} (card: {ref.ece.value:.3f}; noise "
-            f"floor at this n: {floor.mean:.3f}, {int(floor.level * 100)}% up to {floor.upper:.3f}{noise_note})",
+            f"[{ece.lower:.3f}, {ece.upper:.3f}]; card: {ref.ece.value:.3f}) {verdict} [gate: ECE noise floor]",
             ece.value,
             threshold,
+            "ece_noise_floor",
+            ece_noise.upper,
         )
     ]
 
     drop = ref.accuracy.value - live.accuracy.value
-    status, threshold = _grade(drop, thresholds.accuracy_drop_warning, thresholds.accuracy_drop_critical)
+    drop_noise = _accuracy_drop_noise(ref.n, ref.accuracy.value, n, thresholds.noise_level, seed)
+    status, threshold, verdict = _drift_grade(
+        drop, thresholds.accuracy_drop_warning, thresholds.accuracy_drop_critical, drop_noise, "an unchanged model"
+    )
     reasons.append(
         Reason(
             "live_accuracy_drop",
             status,
             f"live accuracy {live.accuracy.value:.3f} over the last {n} labelled predictions ({level}% interval "
             f"[{live.accuracy.lower:.3f}, {live.accuracy.upper:.3f}]) vs {ref.accuracy.value:.3f} on the card's "
-            f"test split: a drop of {drop:.3f}, which {_verdict(status, threshold)}",
+            f"{ref.n} test predictions: a drop of {drop:.3f}, which {verdict} [gate: one-sided two-sample test]",
             drop,
             threshold,
+            "accuracy_drop_null",
+            drop_noise.upper,
         )
     )
 
@@ -248,6 +288,8 @@ def _labelled(
         "overconfidence": live.mean_confidence - live.accuracy.value,
         "ece": {"value": ece.value, "lower": ece.lower, "upper": ece.upper, "n": ece.n},
         "ece_noise_floor": {"mean": floor.mean, "upper": floor.upper},
+        "ece_gate": _noise_dict(ece_noise),
+        "accuracy_drop_noise": _noise_dict(drop_noise),
         "nll": live.nll.value,
         "brier": live.brier.value,
         "reliability": [
@@ -275,18 +317,59 @@ def _noise_dict(noise: SamplingNoise) -> dict[str, object]:
     return {"mean": noise.mean, "upper": noise.upper, "level": noise.level}
 
 
-def _drift_grade(value: float, warning: float, critical: float, noise: SamplingNoise) -> tuple[Status, float, str]:
+def _drift_grade(
+    value: float, warning: float, critical: float, noise: SamplingNoise, null: str = "no shift"
+) -> tuple[Status, float, str]:
     """Like :func:`_grade`, but a value within sampling noise stays ok; also returns a sentence about the noise."""
     status, threshold = _grade(value, warning, critical)
-    pct = f"{noise.level * 100:g}%"
+    pct = f"{noise.level * 100:.4g}%"
     if status != "ok" and value <= noise.upper:
         return (
             "ok",
             threshold,
             f"is above the {status} threshold {threshold:g} but within sampling noise: {pct} of windows of this size "
-            f"with no shift reach {noise.upper:.3f}",
+            f"with {null} stay below {noise.upper:.3f}",
         )
-    return status, threshold, f"{_verdict(status, threshold)} (no-shift noise: {pct} up to {noise.upper:.3f})"
+    return status, threshold, f"{_verdict(status, threshold)} (noise with {null}: {pct} below {noise.upper:.3f})"
+
+
+@lru_cache(maxsize=256)
+def _psi_noise(reference: tuple[int, ...], n: int, level: float, seed: int) -> SamplingNoise:
+    """:func:`psi_noise`, cached: it depends only on the card's histogram and the window size."""
+    return psi_noise(reference, n, level=level, n_sim=_NOISE_SIMULATIONS, seed=seed)
+
+
+@lru_cache(maxsize=256)
+def _tv_noise(reference: tuple[int, ...], n: int, level: float, seed: int) -> SamplingNoise:
+    """:func:`total_variation_noise`, cached like :func:`_psi_noise`."""
+    return total_variation_noise(reference, n, level=level, n_sim=_NOISE_SIMULATIONS, seed=seed)
+
+
+@lru_cache(maxsize=256)
+def _accuracy_drop_noise(n_ref: int, accuracy: float, n: int, level: float, seed: int) -> SamplingNoise:
+    """:func:`accuracy_drop_noise`, cached by the card's figures and the window size."""
+    return accuracy_drop_noise(n_ref, accuracy, n, level=level, n_sim=_NOISE_SIMULATIONS, seed=seed)
+
+
+@lru_cache(maxsize=256)
+def _estimated_drop_noise(
+    reference: tuple[int, ...], bin_confidence: tuple[float, ...], n: int, level: float, seed: int
+) -> SamplingNoise:
+    """:func:`estimated_accuracy_drop_noise`, cached like :func:`_psi_noise`."""
+    return estimated_accuracy_drop_noise(reference, bin_confidence, n, level=level, n_sim=_NOISE_SIMULATIONS, seed=seed)
+
+
+def _bin_confidence(reference_confidences: tuple[float, ...] | None, n_bins: int) -> tuple[float, ...]:
+    """Mean reference confidence per bin (the bin's centre where the card has no raw confidences or none fell)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    out = (edges[:-1] + edges[1:]) / 2.0
+    if reference_confidences:
+        conf = np.asarray(reference_confidences, dtype=np.float64)
+        idx = bin_indices(conf, n_bins)
+        sums = np.bincount(idx, weights=conf, minlength=n_bins)
+        counts = np.bincount(idx, minlength=n_bins)
+        out = np.where(counts > 0, sums / np.maximum(counts, 1), out)
+    return tuple(float(v) for v in out)
 
 
 def _unlabelled(
@@ -309,16 +392,19 @@ def _unlabelled(
     # Confidence PSI against the card's reference histogram, over the same bins.
     live_hist = histogram(conf, n_bins)
     psi = population_stability_index(ref_hist, live_hist)
-    noise = psi_noise(ref_hist, m, level=thresholds.noise_level, n_sim=_NOISE_SIMULATIONS, seed=seed)
+    ref_key = tuple(int(v) for v in ref_hist)
+    noise = _psi_noise(ref_key, m, thresholds.noise_level, seed)
     status, threshold, verdict = _drift_grade(psi, thresholds.psi_warning, thresholds.psi_critical, noise)
     reasons.append(
         Reason(
             "confidence_psi",
             status,
             f"PSI of the top-label confidence over the last {m} predictions vs the card's {int(ref_hist.sum())} "
-            f"test predictions is {psi:.3f}, which {verdict}",
+            f"test predictions is {psi:.3f}, which {verdict} [gate: Dirichlet-multinomial null]",
             psi,
             threshold,
+            "psi_null",
+            noise.upper,
         )
     )
 
@@ -328,7 +414,8 @@ def _unlabelled(
     if ref_conf:
         ks = ks_two_sample(np.asarray(ref_conf, dtype=np.float64), np.round(conf, REFERENCE_CONFIDENCE_DECIMALS))
         ks_summary = {"statistic": ks.statistic, "pvalue": ks.pvalue}
-        shifted = ks.pvalue < thresholds.ks_pvalue
+        ks_level = min(thresholds.ks_pvalue, thresholds.gate_alpha)
+        shifted = ks.pvalue < ks_level
         reasons.append(
             Reason(
                 "confidence_ks",
@@ -336,28 +423,37 @@ def _unlabelled(
                 f"two-sample KS test of the top-label confidence over the last {m} predictions vs the card's "
                 f"{ks.n_reference}: D = {ks.statistic:.3f}, asymptotic p = {ks.pvalue:.3g}, "
                 + (
-                    f"below {thresholds.ks_pvalue:g}: the confidence distribution has shifted"
+                    f"below {ks_level:.3g}: the confidence distribution has shifted"
                     if shifted
-                    else f"not below {thresholds.ks_pvalue:g}"
-                ),
+                    else f"not below {ks_level:.3g}"
+                )
+                + " [gate: KS p-value at this check's share of the false-alarm rate]",
                 ks.statistic,
-                thresholds.ks_pvalue,
+                ks_level,
+                "ks_pvalue",
+                ks_level,
             )
         )
 
     # Confidence-based performance estimation (NannyML's CBPE): mean confidence estimates accuracy.
     estimated = float(np.mean(conf))
     drop = reference_accuracy - estimated
-    status, threshold = _grade(drop, thresholds.accuracy_drop_warning, thresholds.accuracy_drop_critical)
+    bin_conf = _bin_confidence(getattr(reference, "confidences", None), n_bins)
+    est_noise = _estimated_drop_noise(ref_key, bin_conf, m, thresholds.noise_level, seed + 2)
+    status, threshold, verdict = _drift_grade(
+        drop, thresholds.accuracy_drop_warning, thresholds.accuracy_drop_critical, est_noise, "an unchanged model"
+    )
     reasons.append(
         Reason(
             "estimated_accuracy_drop",
             status,
             f"estimated accuracy {estimated:.3f} (mean top-label confidence over the last {m} predictions; a valid "
             f"estimate only while the model stays calibrated) vs {reference_accuracy:.3f} on the card's test split: "
-            f"a drop of {drop:.3f}, which {_verdict(status, threshold)}",
+            f"a drop of {drop:.3f}, which {verdict} [gate: Dirichlet-multinomial null]",
             drop,
             threshold,
+            "estimated_accuracy_drop_null",
+            est_noise.upper,
         )
     )
 
@@ -367,9 +463,7 @@ def _unlabelled(
         raise ValueError(f"the card has {class_counts.size} class counts for {k} classes")
     live_counts = np.bincount(predicted, minlength=k)
     tv = total_variation(class_counts, live_counts)
-    tv_noise = total_variation_noise(
-        class_counts, m, level=thresholds.noise_level, n_sim=_NOISE_SIMULATIONS, seed=seed + 1
-    )
+    tv_noise = _tv_noise(tuple(int(v) for v in class_counts), m, thresholds.noise_level, seed + 1)
     status, threshold, verdict = _drift_grade(
         tv, thresholds.class_shift_warning, thresholds.class_shift_critical, tv_noise
     )
@@ -380,9 +474,11 @@ def _unlabelled(
             status,
             f"total variation between the predicted classes of the last {m} predictions and the training class "
             f"fractions is {tv:.3f} (most predicted: {card.classes[top]!r} at {live_counts[top] / m:.1%}), which "
-            f"{verdict}",
+            f"{verdict} [gate: Dirichlet-multinomial null]",
             tv,
             threshold,
+            "class_shift_null",
+            tv_noise.upper,
         )
     )
 
@@ -390,6 +486,7 @@ def _unlabelled(
         "n": m,
         "psi": psi,
         "psi_noise": _noise_dict(noise),
+        "estimated_accuracy_drop_noise": _noise_dict(est_noise),
         "ks": ks_summary,
         "estimated_accuracy": estimated,
         "reference_accuracy": reference_accuracy,

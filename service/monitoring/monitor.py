@@ -72,6 +72,7 @@ class Monitor:
             ks_pvalue=settings.ks_pvalue,
             class_shift_warning=settings.class_shift_warning,
             class_shift_critical=settings.class_shift_critical,
+            false_alarm_rate=settings.false_alarm_rate,
         )
 
     def record(
