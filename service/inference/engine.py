@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from service.calibration.binomial import binomial_tail, clopper_pearson_lower, samples_for_lower_bound
 from service.calibration.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT, CalibrationCard, SelectiveRow
 from service.calibration.metrics import bin_indices
 from service.errors import ConfigurationError, InvalidInput
@@ -163,22 +164,79 @@ def accuracy_bands(card: CalibrationCard, min_support: int) -> tuple[tuple[Accur
     return tuple(bands), band_of_bin
 
 
+# One-sided confidence of the accuracy claim behind CALIBSERVE_TARGET_ACCURACY.
+TARGET_CONFIDENCE = 0.95
+
+
 def abstain_threshold(card: CalibrationCard, abstain_below: float | None, target_accuracy: float | None) -> float:
-    """Confidence below which predictions are flagged ``abstain`` (0.0: never)."""
+    """Confidence below which predictions are flagged ``abstain`` (0.0: never).
+
+    With ``target_accuracy``: the lowest threshold of the card's selective table at which the accuracy of
+    kept predictions is shown to reach the target at 95% confidence, by a one-sided Clopper–Pearson lower
+    bound (Clopper & Pearson 1934) on ``round(accuracy * n)`` correct of the ``n`` kept test samples. The
+    point estimate alone picked a threshold whose true accuracy was below target for about half of the
+    cards (tests/inference/test_target_accuracy.py). Thresholds are tested from the strictest down and the
+    walk stops at the first that fails (fixed-sequence testing: Angelopoulos, Bates, Candès, Jordan & Lei
+    2021, "Learn then Test"), so the chance that the chosen threshold's accuracy is below target stays at
+    most 5% however many thresholds the table has.
+    """
     if abstain_below is not None:
         return abstain_below
     if target_accuracy is None:
         return 0.0
-    reaching: list[SelectiveRow] = [
-        row for row in card.selective if row.accuracy is not None and row.accuracy >= target_accuracy
-    ]
-    if not reaching:
-        best = max((row for row in card.selective if row.accuracy is not None), key=lambda r: r.accuracy or 0.0)
-        raise ConfigurationError(
-            f"target accuracy {target_accuracy} is not reached at any threshold of the card's selective table "
-            f"(best: {best.accuracy:.4f} at confidence >= {best.threshold})"
+    rows = sorted((row for row in card.selective if row.accuracy is not None and row.n > 0), key=lambda r: -r.threshold)
+    chosen: SelectiveRow | None = None
+    for row in rows:
+        if not _shows_accuracy(row, target_accuracy):
+            break
+        chosen = row
+    if chosen is None:
+        needed = samples_for_lower_bound(target_accuracy, TARGET_CONFIDENCE)
+        need = (
+            "no finite test split can show an accuracy of 1"
+            if needed is None
+            else f"even with every kept prediction right, showing {target_accuracy} needs at least {needed} "
+            f"kept test samples (n >= log(0.05) / log(target)), more if any is wrong; the card's test split has "
+            f"{card.dataset.n_test}"
         )
-    return min(row.threshold for row in reaching)
+        if not rows:
+            raise ConfigurationError(
+                f"target accuracy {target_accuracy} cannot be checked: the card's selective table has no row with "
+                f"kept test samples; {need}"
+            )
+        strictest = rows[0]
+        correct, kept = _selective_counts(strictest)
+        raise ConfigurationError(
+            f"target accuracy {target_accuracy} is not reached with {TARGET_CONFIDENCE:.0%} confidence by the "
+            f"card's selective table: at its strictest threshold, confidence >= {strictest.threshold}, {correct} of "
+            f"{kept} kept test samples are right, a one-sided Clopper–Pearson lower bound of "
+            f"{selective_lower_bound(strictest):.4f} (thresholds are tried from the strictest down and the first "
+            f"one short of the target ends the search); {need}"
+        )
+    return chosen.threshold
+
+
+def _selective_counts(row: SelectiveRow) -> tuple[int, int]:
+    """(correct, kept) of a selective row: the card stores the accuracy and n, so correct = round(accuracy * n)."""
+    if row.accuracy is None or row.n == 0:
+        return 0, row.n
+    return min(row.n, max(0, round(row.accuracy * row.n))), row.n
+
+
+def _shows_accuracy(row: SelectiveRow, target: float, confidence: float = TARGET_CONFIDENCE) -> bool:
+    """Whether the row's Clopper–Pearson lower bound reaches ``target``, without computing the bound: the bound
+    is >= target exactly when the exact one-sided test rejects accuracy = target, P(Binomial(n, target) >=
+    correct) <= 1 - confidence (the tail grows with p)."""
+    correct, kept = _selective_counts(row)
+    if kept == 0 or correct == 0:
+        return False
+    return binomial_tail(kept, target, correct) <= 1.0 - confidence
+
+
+def selective_lower_bound(row: SelectiveRow, confidence: float = TARGET_CONFIDENCE) -> float:
+    """One-sided Clopper–Pearson lower bound on the accuracy of the predictions a selective row keeps."""
+    correct, kept = _selective_counts(row)
+    return clopper_pearson_lower(correct, kept, confidence) if kept else 0.0
 
 
 class InferenceEngine:

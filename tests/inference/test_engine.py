@@ -109,11 +109,17 @@ def test_abstain_threshold_from_the_selective_table(engine: InferenceEngine) -> 
     card = engine.card
     assert abstain_threshold(card, 0.7, None) == 0.7
     assert abstain_threshold(card, None, None) == 0.0
-    reachable = [r for r in card.selective if r.accuracy is not None]
-    target = min(r.accuracy for r in reachable if r.accuracy is not None)
-    assert abstain_threshold(card, None, target) == min(r.threshold for r in reachable if r.accuracy >= target)
-    with pytest.raises(ConfigurationError, match="target accuracy 1.5 is not reached"):
-        abstain_threshold(card, None, 1.5)
+    # The bundled card (360 test samples): the Clopper–Pearson lower bounds, strictest threshold first, are
+    # 0.9845 (0.99), 0.9860 (0.95), 0.9862 (0.9), 0.9778 (0.8): 0.98 is shown down to 0.9, not below.
+    assert abstain_threshold(card, None, 0.98) == 0.9
+    assert abstain_threshold(card, None, 0.95) == 0.0
+    # The old rule (point estimate) would have taken 0.9 for 0.995 (measured 0.9971 on 341 samples).
+    with pytest.raises(ConfigurationError, match="target accuracy 0.995 is not reached") as refused:
+        abstain_threshold(card, None, 0.995)
+    assert "304 of 305" in str(refused.value) and "0.9845" in str(refused.value)
+    assert "at least 598 kept test samples" in str(refused.value)  # log(0.05) / log(0.995) = 597.6
+    with pytest.raises(ConfigurationError, match="no finite test split"):
+        abstain_threshold(card, None, 1.0)
 
 
 def test_abstain_flags_low_confidence(digits: np.ndarray) -> None:
