@@ -30,6 +30,19 @@ def model_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any]:
         },
         "coverage": coverage,
         "abstain_threshold": engine.abstain_threshold,
+        "conformal": conformal_summary(engine, coverage),
+    }
+
+
+def conformal_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any] | None:
+    """What the prediction sets at ``coverage`` promise for this card (None: not one of the card's levels)."""
+    figures = engine.coverage_given_card.get(coverage)
+    if figures is None:
+        return None
+    return {
+        "n_calibration": figures.n_calibration,
+        "p_coverage_below_nominal": figures.p_below_nominal,
+        "coverage_quantile_05": figures.quantile,
     }
 
 

@@ -59,7 +59,12 @@ class PredictRequest(BaseModel):
         min_length=1,
         description="feature rows: lists in the card's feature order, or objects keyed by feature name",
     )
-    coverage: float = Field(0.9, description="conformal coverage level of the prediction set (one of the card's)")
+    coverage: float = Field(
+        0.9,
+        description="conformal coverage level of the prediction set (one of the card's): the true label is in the "
+        "set this often on average over calibration sets; for this card's own calibration set it may be a little "
+        "less (see the response's model.conformal)",
+    )
     top_k: PositiveIntegral | None = Field(None, description="also return the k most probable classes")
     include_logits: bool = Field(False, description="also return the uncalibrated logits")
     model: str | None = Field(None, description="model name to check against the loaded one (404 if different)")
@@ -103,6 +108,20 @@ class EceSummary(BaseModel):
     noise_floor: float = Field(description="mean ECE a perfectly calibrated model would show at this n")
 
 
+class ConformalSummary(BaseModel):
+    """What the split-conformal sets promise for this one card (Vovk 2012): the long-run coverage given the
+    card's calibration set is Beta(k, n + 1 - k), k = ceil((n + 1) * coverage)."""
+
+    n_calibration: int = Field(description="calibration samples the conformal threshold was fitted on")
+    p_coverage_below_nominal: float = Field(
+        description="probability, over calibration sets, that this card's long-run coverage is below `coverage` "
+        "(about 0.47 at n = 360: the nominal coverage holds on average over calibration sets, not for every card)"
+    )
+    coverage_quantile_05: float = Field(
+        description="with probability 0.95 over calibration sets, this card's long-run coverage is at least this"
+    )
+
+
 class ModelSummary(BaseModel):
     name: str
     version: str
@@ -110,8 +129,13 @@ class ModelSummary(BaseModel):
     label_smoothing: float
     smoothing_prior: str
     ece: EceSummary = Field(description="card's test ECE after temperature scaling (15 bins)")
-    coverage: float
+    coverage: float = Field(
+        description="nominal coverage of the prediction sets: met on average over calibration sets (see `conformal`)"
+    )
     abstain_threshold: float
+    conformal: ConformalSummary | None = Field(
+        None, description="what the prediction sets at `coverage` promise for this card, given its calibration set"
+    )
 
 
 class PredictResponse(BaseModel):

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from service.calibration.binomial import binomial_tail, clopper_pearson_lower, samples_for_lower_bound
 from service.calibration.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT, CalibrationCard, SelectiveRow
+from service.calibration.conformal import CoverageGivenCard, coverage_given_card
 from service.calibration.metrics import bin_indices
 from service.errors import ConfigurationError, InvalidInput
 from service.inference.artifact import LoadedArtifact
@@ -264,6 +265,10 @@ class InferenceEngine:
         )
         self.abstain_threshold = abstain_threshold(self.card, abstain_below, target_accuracy)
         self._conformal = {level.coverage: level.threshold for level in self.card.conformal}
+        # What each level's threshold promises for this one card (computed once: n and the level suffice).
+        self.coverage_given_card: dict[float, CoverageGivenCard] = {
+            level.coverage: coverage_given_card(level.n_calibration, level.coverage) for level in self.card.conformal
+        }
         self.classes = np.asarray(self.card.classes)
 
     @property

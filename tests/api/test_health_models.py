@@ -98,6 +98,10 @@ def test_models_lists_digits(client: Client, card: dict[str, Any]) -> None:
     assert [m["name"] for m in models] == ["digits"]
     assert models[0]["version"] == card["version"]
     assert models[0]["temperature"] == card["temperature"]["value"]
+    # The lowest level (0.9) at n = 360: below 0.9 for 47% of calibration sets, 5% quantile 0.873.
+    assert models[0]["coverage"] == 0.9
+    assert models[0]["conformal"]["p_coverage_below_nominal"] == pytest.approx(0.4743, abs=1e-4)
+    assert models[0]["conformal"]["coverage_quantile_05"] == pytest.approx(0.8732, abs=1e-4)
 
 
 def test_model_card_is_card_json(client: Client, card: dict[str, Any]) -> None:

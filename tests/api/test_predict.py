@@ -287,6 +287,11 @@ def test_model_block_describes_the_card(client: Client, card: dict[str, Any]) ->
     }
     assert model["coverage"] == 0.95
     assert model["abstain_threshold"] == 0.0
+    # Coverage given this card's 360 calibration samples: Beta(343, 18) (tests/calibration checks the law).
+    conformal = model["conformal"]
+    assert conformal["n_calibration"] == card["conformal"][1]["n_calibration"] == 360
+    assert conformal["p_coverage_below_nominal"] == pytest.approx(0.4662, abs=1e-4)
+    assert conformal["coverage_quantile_05"] == pytest.approx(0.9300, abs=1e-4)
 
 
 def named(row: list[float] | list[int], names: list[str]) -> dict[str, float]:
