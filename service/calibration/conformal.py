@@ -5,7 +5,8 @@ Angelopoulos & Bates 2021, "A Gentle Introduction to Conformal Prediction and Di
 Uncertainty Quantification") scores a calibration sample by ``s = 1 - p_true``.  With the finite-sample
 corrected quantile ``qhat`` of the scores, the set ``{k : p_k >= 1 - qhat}`` contains the true label with
 probability at least ``coverage`` on exchangeable data, whatever the model and however badly calibrated
-(calibration only makes the sets smaller).  The guarantee is marginal (on average over test points).
+(calibration only makes the sets smaller).  The guarantee is marginal: the probability is over the draw
+of both the test point and the calibration set.
 
 It is also an average over calibration sets.  For the one calibration set a card was fitted on, the
 long-run coverage of its threshold is itself random: with continuous scores it follows
