@@ -54,9 +54,11 @@ async def test_ready_is_200_inside_the_lifespan_and_503_after_it(card: dict[str,
         assert (await client.get("/health/ready")).status_code == 503
 
 
-def test_calibration_health_on_a_fresh_log(client: Client, card: dict[str, Any]) -> None:
-    """The card is fine, but with no live traffic yet the honest answer is insufficient_data, not ok."""
-    response = client.get("/health/calibration")
+def test_calibration_health_on_a_fresh_log(card: dict[str, Any]) -> None:
+    """The card is fine, but with no live traffic yet the honest answer is insufficient_data, not ok. (Its own
+    app: the session's shared client has whatever traffic earlier tests sent.)"""
+    with serve() as fresh:
+        response = fresh.get("/health/calibration")
     assert response.status_code == 200
     health = response.json()
     assert health["status"] == "insufficient_data"
