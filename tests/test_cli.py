@@ -32,6 +32,8 @@ def test_inspect_verifies_and_summarises_the_default_model() -> None:
     assert card["version"][:16] in result.stdout
     assert f"T = {card['temperature']['value']:.4f}" in result.stdout
     assert "ECE noise floor at n = 360" in result.stdout
+    # The conformal guarantee given this card, not only the nominal level (Beta(k, n + 1 - k), Vovk 2012).
+    assert "P(coverage < 90%) = 0.47, 5% quantile 0.873" in result.stdout
 
 
 def test_inspect_json_is_the_card() -> None:

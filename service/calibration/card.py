@@ -268,9 +268,14 @@ def summary_lines(card: CalibrationCard) -> list[str]:
         lines.append(f"  {label:<10} {metric(getattr(before, key)):>28}  {metric(getattr(after, key)):>28}")
     floor = after.ece_noise_floor
     lines.append(f"  ECE noise floor at n = {floor.n}: {floor.mean:.4f} (upper {floor.upper:.4f})")
+    from service.calibration.conformal import coverage_given_card  # conformal imports metrics: keep card light
+
     for level_ in card.conformal:
+        given = coverage_given_card(level_.n_calibration, level_.coverage)
         lines.append(
             f"conformal  {level_.coverage:.0%} sets: p >= {level_.threshold:.4f}, test coverage "
-            f"{level_.test_coverage:.3f}, mean size {level_.test_mean_set_size:.2f}"
+            f"{level_.test_coverage:.3f}, mean size {level_.test_mean_set_size:.2f}; for this card "
+            f"P(coverage < {level_.coverage:.0%}) = {given.p_below_nominal:.2f}, 5% quantile {given.quantile:.3f} "
+            "(the nominal level holds on average over calibration sets)"
         )
     return lines
