@@ -375,6 +375,7 @@ def calibration_parameters(engine: InferenceEngine, coverage: float) -> dict[str
     """The trust metadata of every answer, as the protocol's scalar parameters."""
     card = engine.card
     after = card.test.after_temperature
+    given = engine.coverage_given_card[coverage]
     return {
         "model_version": card.version,
         "temperature": card.temperature.value,
@@ -385,6 +386,9 @@ def calibration_parameters(engine: InferenceEngine, coverage: float) -> dict[str
         "ece_n": after.ece.n,
         "ece_noise_floor": after.ece_noise_floor.mean,
         "coverage": coverage,
+        # The nominal coverage holds on average over calibration sets; for this card (Beta law, Vovk 2012):
+        "coverage_p_below_nominal": given.p_below_nominal,
+        "coverage_quantile_05": given.quantile,
         "abstain_threshold": engine.abstain_threshold,
     }
 

@@ -440,6 +440,8 @@ def test_calibration_metadata_in_the_response_parameters(client: Client, version
     assert parameters["ece_noise_floor"] == model["ece"]["noise_floor"]
     assert parameters["coverage"] == model["coverage"] == 0.9
     assert parameters["abstain_threshold"] == model["abstain_threshold"]
+    assert parameters["coverage_p_below_nominal"] == model["conformal"]["p_coverage_below_nominal"]
+    assert parameters["coverage_quantile_05"] == model["conformal"]["coverage_quantile_05"]
 
 
 # -- datatypes ----------------------------------------------------------------------------------------------------
