@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import io
+import math
 from typing import Any
 
 import msgspec
@@ -51,7 +51,8 @@ def render_predictions(
 ) -> list[dict[str, Any]]:
     """One dict per row from the batch's Python values; the loop only assembles."""
     classes: list[str] = list(engine.card.classes)
-    bands = band_json(engine)
+    bands = band_dicts(engine)
+    expected = engine.expected_accuracy(batch).tolist()
     values = batch.values()
     k = min(top_k, len(classes)) if top_k else 0
     top = np.argsort(-batch.probabilities, axis=1, kind="stable")[:, :k].tolist() if k else None
@@ -77,7 +78,7 @@ def render_predictions(
             "confidence": confidence,
             "probabilities": dict(zip(classes, probs, strict=True)),
             "prediction_set": [classes[j] for j in members],
-            "expected_accuracy": bands[band],
+            "expected_accuracy": _expected(expected[i], bands[band]),
             "entropy": entropy,
             "margin": margin,
             "abstain": abstain,
@@ -91,26 +92,20 @@ def render_predictions(
 
 
 def band_dicts(engine: InferenceEngine) -> list[dict[str, Any]]:
+    """The band part of each row's ``expected_accuracy`` (its confidence range and test support)."""
     return [
-        {
-            "value": band.accuracy,
-            "interval": None if band.accuracy_low is None else [band.accuracy_low, band.accuracy_high],
-            "confidence_lower": band.lower,
-            "confidence_upper": band.upper,
-            "support": band.support,
-        }
+        {"confidence_lower": band.lower, "confidence_upper": band.upper, "support": band.support}
         for band in engine.bands
     ]
 
 
-@functools.lru_cache(maxsize=16)
-def band_json(engine: InferenceEngine) -> tuple[msgspec.Raw, ...]:
-    """Each accuracy band's ``expected_accuracy`` object, encoded once per engine: msgspec writes a
-    ``Raw`` verbatim, so a response embeds them without building the dicts again per row."""
-    return tuple(msgspec.Raw(encode_json(band)) for band in band_dicts(engine))
+def _expected(row: list[float], band: dict[str, Any]) -> dict[str, Any]:
+    value, low, high = row
+    if math.isnan(value):
+        return {"value": None, "interval": None, **band}
+    return {"value": value, "interval": [low, high], **band}
 
 
-@functools.lru_cache(maxsize=64)
 def model_summary_json(engine: InferenceEngine, coverage: float) -> msgspec.Raw:
     """``model_summary`` encoded once per engine and coverage (it is the same in every response)."""
     return msgspec.Raw(encode_json(model_summary(engine, coverage)))
@@ -126,10 +121,10 @@ def render_npz(
 ) -> bytes:
     """The bulk response as named arrays (``numpy.load`` reads it): no per-row Python at all.
 
-    ``expected_accuracy`` holds the band's accuracy per row (NaN where the band had no test samples)
+    ``expected_accuracy`` holds each row's expected accuracy (NaN where its band had no test samples)
     and ``expected_accuracy_interval`` its [low, high]; ``model`` is the JSON of the ``model`` object.
     """
-    table = engine.band_table[batch.band_index]
+    table = engine.expected_accuracy(batch)
     arrays: dict[str, Any] = {
         "prediction_id": np.array(ids, dtype="U36"),
         "label": engine.classes[batch.class_index],
