@@ -66,6 +66,7 @@ __all__ = [
     "LiveThresholds",
     "UnlabelledWindow",
     "evaluate_live",
+    "null_size",
 ]
 
 # The trainer stores the card's raw reference confidences rounded to 6 decimals; live confidences are rounded
@@ -263,7 +264,7 @@ def _labelled(
     ]
 
     drop = ref.accuracy.value - live.accuracy.value
-    drop_noise = _accuracy_drop_noise(ref.n, ref.accuracy.value, n, thresholds.noise_level, seed)
+    drop_noise = _accuracy_drop_noise(ref.n, ref.accuracy.value, null_size(n), thresholds.noise_level, seed)
     status, threshold, verdict = _drift_grade(
         drop, thresholds.accuracy_drop_warning, thresholds.accuracy_drop_critical, drop_noise, "an unchanged model"
     )
@@ -333,6 +334,21 @@ def _drift_grade(
     return status, threshold, f"{_verdict(status, threshold)} (noise with {null}: {pct} below {noise.upper:.3f})"
 
 
+def null_size(n: int) -> int:
+    """The window size a cached null is simulated for: ``n`` rounded *down* to two significant digits.
+
+    Why: a window fills one prediction at a time, and a null cached per exact size would be simulated again
+    (~0.1 s each) on every evaluation until the window is full. Rounded, a window growing from 100 to 2000
+    visits about 100 sizes, and the common ones (50, 100, 500, 2000) are exact. Fewer samples mean more
+    noise, so a null for at most 10% fewer samples has a slightly higher quantile: the gate only gets a
+    little more conservative, never less.
+    """
+    if n < 100:
+        return n
+    scale = 10 ** (len(str(n)) - 2)
+    return (n // scale) * scale
+
+
 @lru_cache(maxsize=256)
 def _psi_noise(reference: tuple[int, ...], n: int, level: float, seed: int) -> SamplingNoise:
     """:func:`psi_noise`, cached: it depends only on the card's histogram and the window size."""
@@ -393,7 +409,7 @@ def _unlabelled(
     live_hist = histogram(conf, n_bins)
     psi = population_stability_index(ref_hist, live_hist)
     ref_key = tuple(int(v) for v in ref_hist)
-    noise = _psi_noise(ref_key, m, thresholds.noise_level, seed)
+    noise = _psi_noise(ref_key, null_size(m), thresholds.noise_level, seed)
     status, threshold, verdict = _drift_grade(psi, thresholds.psi_warning, thresholds.psi_critical, noise)
     reasons.append(
         Reason(
@@ -439,7 +455,7 @@ def _unlabelled(
     estimated = float(np.mean(conf))
     drop = reference_accuracy - estimated
     bin_conf = _bin_confidence(getattr(reference, "confidences", None), n_bins)
-    est_noise = _estimated_drop_noise(ref_key, bin_conf, m, thresholds.noise_level, seed + 2)
+    est_noise = _estimated_drop_noise(ref_key, bin_conf, null_size(m), thresholds.noise_level, seed + 2)
     status, threshold, verdict = _drift_grade(
         drop, thresholds.accuracy_drop_warning, thresholds.accuracy_drop_critical, est_noise, "an unchanged model"
     )
@@ -463,7 +479,7 @@ def _unlabelled(
         raise ValueError(f"the card has {class_counts.size} class counts for {k} classes")
     live_counts = np.bincount(predicted, minlength=k)
     tv = total_variation(class_counts, live_counts)
-    tv_noise = _tv_noise(tuple(int(v) for v in class_counts), m, thresholds.noise_level, seed + 1)
+    tv_noise = _tv_noise(tuple(int(v) for v in class_counts), null_size(m), thresholds.noise_level, seed + 1)
     status, threshold, verdict = _drift_grade(
         tv, thresholds.class_shift_warning, thresholds.class_shift_critical, tv_noise
     )

@@ -21,6 +21,7 @@ import pytest
 
 from service.calibration.metrics import confidence_histogram
 from service.monitoring.drift import population_stability_index, psi_noise
+from service.monitoring.live import LabelledWindow, LiveThresholds, UnlabelledWindow, evaluate_live, null_size
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "false_alarms.py"
 
@@ -80,3 +81,38 @@ def test_overall_false_alarm_rate_is_at_most_one_percent(bench: ModuleType, n_pr
     assert alarms <= binomial_quantile(n, 0.01, 0.995), f"{alarms}/{n} clean checks alarmed"
     for result in results:
         assert result["overall"] == any(result[c] for c in bench.CODES if c in result)
+
+
+def test_null_sizes_round_down_to_two_significant_digits() -> None:
+    assert [null_size(n) for n in (1, 50, 99, 100, 109, 125, 500, 567, 1999, 2000)] == [
+        1,
+        50,
+        99,
+        100,
+        100,
+        120,
+        500,
+        560,
+        1900,
+        2000,
+    ]
+    assert all(0.9 * n < null_size(n) <= n for n in range(1, 5000))
+
+
+def test_every_live_reason_names_its_gate_and_noise(bench: ModuleType) -> None:
+    rng = np.random.default_rng(3)
+    card, pop = bench.synthetic_card(bench.load_card(), rng)
+    lab, preds = pop.draw(rng, 60), pop.draw(rng, 230)[0]
+    report = evaluate_live(card, LabelledWindow(*lab), UnlabelledWindow(preds), LiveThresholds())
+    gates = {r.code: r.gate for r in report.reasons}
+    assert gates == {
+        "live_ece": "ece_noise_floor",
+        "live_accuracy_drop": "accuracy_drop_null",
+        "confidence_psi": "psi_null",
+        "confidence_ks": "ks_pvalue",
+        "estimated_accuracy_drop": "estimated_accuracy_drop_null",
+        "class_shift": "class_shift_null",
+    }
+    for reason in report.reasons:
+        assert reason.noise is not None and "[gate: " in reason.message
+    assert LiveThresholds().noise_level == pytest.approx(1 - 0.01 / 6)
