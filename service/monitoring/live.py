@@ -343,9 +343,10 @@ def null_size(n: int) -> int:
     noise, so a null for at most 10% fewer samples has a slightly higher quantile: the gate only gets a
     little more conservative, never less.
     """
+    n = int(n)
     if n < 100:
         return n
-    scale = 10 ** (len(str(n)) - 2)
+    scale: int = 10 ** (len(str(n)) - 2)
     return (n // scale) * scale
 
 
