@@ -120,7 +120,9 @@ class Settings(BaseSettings):
     accuracy_drop_critical: float = Field(0.10, gt=0, description="... this far below: critical")
     psi_warning: float = Field(0.10, gt=0, description="PSI of live confidences vs the card's: warning")
     psi_critical: float = Field(0.25, gt=0, description="PSI: critical")
-    ks_pvalue: float = Field(0.01, gt=0, lt=1, description="KS test of confidences below this p-value: warning")
+    ks_pvalue: float = Field(
+        0.01, gt=0, lt=1, description="KS test of confidences below this p-value (and false_alarm_rate / 6): warning"
+    )
     class_shift_warning: float = Field(0.10, gt=0, description="total variation of predicted classes vs training")
     class_shift_critical: float = Field(0.20, gt=0, description="class shift: critical")
     false_alarm_rate: float = Field(
