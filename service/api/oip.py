@@ -433,7 +433,7 @@ def _output_values(engine: InferenceEngine, name: str, prediction: BatchPredicti
     if name == "confidence":
         return prediction.confidence.astype(np.float32)
     if name == "expected_accuracy":
-        return engine.expected_accuracy(prediction)[:, 0].astype(np.float32)
+        return prediction.expected_accuracy[:, 0].astype(np.float32)
     classes: list[str] = list(engine.card.classes)
     if name == "label":
         return [classes[index] for index in prediction.class_index.tolist()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from typing import Any
@@ -52,8 +53,8 @@ def render_predictions(
     """One dict per row from the batch's Python values; the loop only assembles."""
     classes: list[str] = list(engine.card.classes)
     bands = band_dicts(engine)
-    expected = engine.expected_accuracy(batch).tolist()
     values = batch.values()
+    expected = values.expected_accuracy
     k = min(top_k, len(classes)) if top_k else 0
     top = np.argsort(-batch.probabilities, axis=1, kind="stable")[:, :k].tolist() if k else None
     logits = batch.logits.astype(np.float64).tolist() if include_logits else None
@@ -91,8 +92,10 @@ def render_predictions(
     return predictions
 
 
+@functools.lru_cache(maxsize=16)
 def band_dicts(engine: InferenceEngine) -> list[dict[str, Any]]:
-    """The band part of each row's ``expected_accuracy`` (its confidence range and test support)."""
+    """The band part of each row's ``expected_accuracy`` (its confidence range and test support), once per
+    engine; rows copy it into their own dict, never modify it."""
     return [
         {"confidence_lower": band.lower, "confidence_upper": band.upper, "support": band.support}
         for band in engine.bands
@@ -106,6 +109,7 @@ def _expected(row: list[float], band: dict[str, Any]) -> dict[str, Any]:
     return {"value": value, "interval": [low, high], **band}
 
 
+@functools.lru_cache(maxsize=64)
 def model_summary_json(engine: InferenceEngine, coverage: float) -> msgspec.Raw:
     """``model_summary`` encoded once per engine and coverage (it is the same in every response)."""
     return msgspec.Raw(encode_json(model_summary(engine, coverage)))
@@ -124,7 +128,7 @@ def render_npz(
     ``expected_accuracy`` holds each row's expected accuracy (NaN where its band had no test samples)
     and ``expected_accuracy_interval`` its [low, high]; ``model`` is the JSON of the ``model`` object.
     """
-    table = engine.expected_accuracy(batch)
+    table = batch.expected_accuracy
     arrays: dict[str, Any] = {
         "prediction_id": np.array(ids, dtype="U36"),
         "label": engine.classes[batch.class_index],

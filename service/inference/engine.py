@@ -81,6 +81,7 @@ class RowValues:
     probabilities: list[list[float]]
     prediction_set: list[list[int]]  # class indices in each row's set, ascending
     band_index: list[int]
+    expected_accuracy: list[list[float]]  # per row: value, low, high (NaN where the band had no test samples)
     entropy: list[float]
     margin: list[float]
     abstain: list[bool]
@@ -96,6 +97,7 @@ class RowValues:
             batch.probabilities.tolist(),
             [flat[end - size : end] for end, size in zip(ends, np.diff(ends, prepend=0).tolist(), strict=True)],
             batch.band_index.tolist(),
+            batch.expected_accuracy.tolist(),
             batch.entropy.tolist(),
             batch.margin.tolist(),
             batch.abstain.tolist(),
@@ -115,6 +117,7 @@ class BatchPrediction:
     confidence: NDArray[np.float64]
     prediction_set: NDArray[np.bool_]
     band_index: NDArray[np.intp]
+    expected_accuracy: NDArray[np.float64]  # [N, 3]: see InferenceEngine.expected_accuracy
     entropy: NDArray[np.float64]
     margin: NDArray[np.float64]
     abstain: NDArray[np.bool_]
@@ -146,6 +149,7 @@ class BatchPrediction:
             confidence=self.confidence[start:stop],
             prediction_set=self.prediction_set[start:stop],
             band_index=self.band_index[start:stop],
+            expected_accuracy=self.expected_accuracy[start:stop],
             entropy=self.entropy[start:stop],
             margin=self.margin[start:stop],
             abstain=self.abstain[start:stop],
@@ -306,7 +310,7 @@ class InferenceEngine:
         }
         self.classes = np.asarray(self.card.classes)
 
-    def expected_accuracy(self, batch: BatchPrediction) -> NDArray[np.float64]:
+    def expected_accuracy(self, confidence: NDArray[np.float64], band_index: NDArray[np.intp]) -> NDArray[np.float64]:
         """Per row: the accuracy to expect at this confidence and its interval, as [N, 3] (value, low, high).
 
         The row's own calibrated confidence, corrected by the calibration gap its band showed on the test
@@ -317,7 +321,7 @@ class InferenceEngine:
         off. Coverage of the true accuracy at each confidence, measured in simulation: tests/inference/
         test_expected_accuracy.py. NaN where the band had no test samples.
         """
-        table = batch.confidence[:, None] + self.band_gap[batch.band_index]
+        table = confidence[:, None] + self.band_gap[band_index]
         return np.clip(table, 0.0, 1.0)
 
     @property
@@ -420,13 +424,15 @@ class InferenceEngine:
             entropy = -np.where(probs > 0, probs * np.log(probs), 0.0).sum(axis=1)
         prediction_set = probs >= thresholds[:, None]  # LAC sets, as calibration.conformal.prediction_sets
         prediction_set[rows, class_index] = True
+        band_index = self._band_of_bin[bin_indices(confidence, len(self._band_of_bin))]
         return BatchPrediction(
             logits=logits,
             probabilities=probs,
             class_index=class_index,
             confidence=confidence,
             prediction_set=prediction_set,
-            band_index=self._band_of_bin[bin_indices(confidence, len(self._band_of_bin))],
+            band_index=band_index,
+            expected_accuracy=self.expected_accuracy(confidence, band_index),  # once per micro-batch
             entropy=entropy,
             margin=top_two[:, 1] - top_two[:, 0],
             abstain=confidence < self.abstain_threshold,
