@@ -103,8 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.admission = admission
     app.add_middleware(AdmissionGate, admission=admission)  # inside the guards, before the body is read
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, binary_routes={NPY_MEDIA_TYPE: ("/predict",)})
-    app.add_middleware(RequestMetrics)
-    app.add_middleware(RequestContext, served_model=lambda: _served(app))  # outermost: ids on every answer
+    # Outermost: ids on every answer; requests counted and timed whatever answered them.
+    app.add_middleware(RequestContext, metrics=RequestMetrics(), served_model=lambda: _served(app))
     for module in (predict, feedback, models, health, v2):
         app.include_router(module.router)
     install_model_openapi(app, lambda: app.state.engine.card if app.state.engine else None, settings.max_instances)

@@ -1,8 +1,9 @@
 """ASGI middleware that must act before any route runs.
 
 ``RequestContext`` (outermost): the request id (``X-Request-ID`` taken or made, returned on every answer,
-put on every log record) and the access log line. ``BodyGuard``: media type (415) and body size (413),
-from Content-Length or while the body streams in, so an oversized body is never read into memory whole.
+put on every log record), the request metrics and the access log line, from one timing of the request.
+``BodyGuard``: media type (415) and body size (413), from Content-Length or while the body streams in, so an
+oversized body is never read into memory whole. ``AdmissionGate``: the bound on inference requests in flight.
 Their errors go through the one renderer (``service.api.errors.render_error``), like every other error.
 """
 
@@ -21,6 +22,7 @@ from service.api.errors import is_v2, render_error
 from service.errors import Overloaded, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.inference.admission import Admission
 from service.monitoring.prometheus import SHED
+from service.monitoring.requests import RequestMetrics
 from service.request_context import RECEIVED_AT, REQUEST_ID, SCOPE_RECEIVED_AT, received_at
 
 access_logger = logging.getLogger("calibserve.access")
@@ -44,10 +46,16 @@ def accepted_request_id(value: bytes | None) -> str:
 
 
 class RequestContext:
-    """Request id and access log for every HTTP request, including those the guards refuse."""
+    """Request id, request metrics and access log for every HTTP request, including those the guards refuse."""
 
-    def __init__(self, app: ASGIApp, served_model: Callable[[], tuple[str, str] | None] = lambda: None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: RequestMetrics,
+        served_model: Callable[[], tuple[str, str] | None] = lambda: None,
+    ) -> None:
         self.app = app
+        self.metrics = metrics
         self.served_model = served_model  # (name, version) for the access log, None before the model loads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,18 +80,20 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            route = str(getattr(scope.get("route"), "path", None) or "unmatched")  # the template, never the path
+            self.metrics.record(route, scope["method"], status, seconds)
             if access_logger.isEnabledFor(logging.INFO):
-                _log_access(scope, status, time.perf_counter() - started, self.served_model())
+                _log_access(scope, route, status, seconds, self.served_model())
             REQUEST_ID.reset(token)
             RECEIVED_AT.reset(received)
 
 
-def _log_access(scope: Scope, status: int, seconds: float, model: tuple[str, str] | None) -> None:
-    route = getattr(scope.get("route"), "path", None)
+def _log_access(scope: Scope, route: str, status: int, seconds: float, model: tuple[str, str] | None) -> None:
     client = scope.get("client")
     fields = {
         "method": scope["method"],
-        "route": route or "unmatched",
+        "route": route,
         "path": scope["path"],
         "status": status,
         "duration_ms": round(seconds * 1000, 3),
