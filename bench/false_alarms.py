@@ -30,6 +30,7 @@ changed predictions (and labels) until the first alarm, median over seeds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -39,8 +40,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from service.calibration.card import CalibrationCard
-from service.calibration.metrics import confidence_histogram
+from service.calibration.reference import confidence_histogram
+from service.card import CalibrationCard
 from service.monitoring.live import (
     REFERENCE_CONFIDENCE_DECIMALS,
     LabelledWindow,
@@ -109,7 +110,7 @@ def synthetic_card(base: CalibrationCard, rng: np.random.Generator) -> tuple[Cal
     after = base.test.after_temperature
     acc = float(np.mean(probs.argmax(axis=1) == labels))
     after = after.model_copy(
-        update={"n": REFERENCE_N, "accuracy": after.accuracy.model_copy(update={"value": acc, "n": REFERENCE_N})}
+        update={"n": REFERENCE_N, "accuracy": dataclasses.replace(after.accuracy, value=acc, n=REFERENCE_N)}
     )
     test = base.test.model_copy(update={"after_temperature": after})
     ref = base.reference.model_copy(

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from service.calibration.card import CalibrationCard
+from service.card import CalibrationCard
 from service.main import create_app
 from service.settings import Settings, default_model_path
 from service.training.data import load_dataset, stratified_split

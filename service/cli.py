@@ -257,7 +257,7 @@ def _run_train(args: argparse.Namespace) -> int:
     name = args.name or dataset.name
     if args.compare:
         return _compare(args, dataset, config, name)
-    from service.calibration.card import summary_lines
+    from service.card import summary_lines
     from service.training.export import write_artifact
     from service.training.train import run_training
 
@@ -286,7 +286,7 @@ def _compare(args: argparse.Namespace, dataset: Dataset, config: TrainConfig, na
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from service.calibration.card import summary_lines
+    from service.card import summary_lines
     from service.inference.artifact import load_artifact
 
     artifact = load_artifact(args.path)

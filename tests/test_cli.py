@@ -60,7 +60,7 @@ def test_help_lists_the_commands() -> None:
 def test_service_side_modules_do_not_import_torch() -> None:
     """The service runs with onnxruntime + numpy only; torch, sklearn and onnx are trainer-only."""
     code = (
-        "import sys, service.cli, service.inference.artifact, service.calibration.card, "
+        "import sys, service.cli, service.inference.artifact, service.card, "
         "service.calibration.metrics, service.calibration.temperature, service.calibration.conformal\n"
         "service.cli.build_parser()\n"
         "heavy = sorted(m for m in ('torch', 'sklearn', 'onnx', 'scipy', 'matplotlib') if m in sys.modules)\n"

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from service.calibration.card import CARD_METADATA_KEY, CalibrationCard
 from service.calibration.metrics import accuracy, nll
+from service.card import CARD_METADATA_KEY, CalibrationCard
 
 pytestmark = pytest.mark.unit
 

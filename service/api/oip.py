@@ -30,7 +30,7 @@ from service.api.parsing import (
     refuse_lone_surrogates,
     shown,
 )
-from service.calibration.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT
+from service.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT
 from service.errors import InvalidInput, MalformedRequest
 from service.inference.engine import BatchPrediction, InferenceEngine
 from service.inference.features import as_float32

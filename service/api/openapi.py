@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from service.api.schemas import PredictRequest
-from service.calibration.card import CalibrationCard
+from service.card import CalibrationCard
 from service.inference.features import FLOAT32_MAX  # the graph takes float32: larger magnitudes get a 422
 
 FEATURE = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}

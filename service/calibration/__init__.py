@@ -12,28 +12,19 @@ from service.calibration.conformal import (
     prediction_sets,
 )
 from service.calibration.metrics import (
-    CalibrationSummary,
-    Interval,
-    MetricEstimate,
-    NoiseFloor,
     ReliabilityBin,
-    SelectiveRow,
     accuracy,
     adaptive_ece,
     bin_indices,
-    bootstrap_interval,
     brier,
     classwise_ece,
-    confidence_histogram,
     ece,
     ece_from_confidences,
-    ece_noise_floor,
     mce,
     nll,
     reliability_bins,
-    selective_prediction_table,
-    summarize,
 )
+from service.calibration.reference import SelectiveRow, confidence_histogram, selective_prediction_table
 from service.calibration.smoothing import class_prior, smoothed_targets
 from service.calibration.temperature import (
     TemperatureFit,
@@ -41,6 +32,15 @@ from service.calibration.temperature import (
     log_softmax,
     nll_at_temperature,
     softmax,
+)
+from service.calibration.uncertainty import (
+    CalibrationSummary,
+    Interval,
+    MetricEstimate,
+    NoiseFloor,
+    bootstrap_interval,
+    ece_noise_floor,
+    summarize,
 )
 
 __all__ = [

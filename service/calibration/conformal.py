@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.calibration.binomial import beta_cdf, beta_quantile
-from service.calibration.metrics import validate_labels, validate_probs, validate_probs_labels
+from service.calibration.validation import validate_labels, validate_probs, validate_probs_labels
 
 __all__ = [
     "ConformalLevel",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.calibration.metrics import validate_labels
+from service.calibration.validation import validate_labels
 
 __all__ = ["class_prior", "smoothed_targets"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from service.calibration.card import (
+from service.card import (
     CARD_METADATA_KEY,
     INPUT_NAME,
     LOGITS_OUTPUT,

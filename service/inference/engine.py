@@ -15,16 +15,10 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from service.calibration.binomial import binomial_tail, clopper_pearson_lower, samples_for_lower_bound
-from service.calibration.card import (
-    INPUT_NAME,
-    LOGITS_OUTPUT,
-    PROBABILITIES_OUTPUT,
-    CalibrationCard,
-    ReliabilityBin,
-    SelectiveRow,
-)
 from service.calibration.conformal import CoverageGivenCard, coverage_given_card
-from service.calibration.metrics import bin_indices
+from service.calibration.metrics import ReliabilityBin, bin_indices
+from service.calibration.reference import SelectiveRow
+from service.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT, CalibrationCard
 from service.errors import ConfigurationError, InvalidInput
 from service.inference.artifact import LoadedArtifact
 

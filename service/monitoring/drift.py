@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from service.calibration.metrics import DEFAULT_N_BINS, confidence_histogram
+from service.calibration.metrics import DEFAULT_N_BINS
+from service.calibration.reference import confidence_histogram
+from service.calibration.validation import check_level, check_positive_int, validate_sample
 
 __all__ = [
     "DEFAULT_PSI_EPS",
@@ -47,7 +49,7 @@ _KS_TERMS = np.arange(1, 101, dtype=np.float64)
 
 def _counts(values: ArrayLike, name: str) -> NDArray[np.float64]:
     """A 1-D, finite, non-negative, not-all-zero float vector (counts or unnormalised probabilities)."""
-    out = _sample(values, name)
+    out = validate_sample(values, name)
     if out.min() < 0.0:
         raise ValueError(f"{name} must be non-negative, got a minimum of {out.min():.6g}")
     if out.sum() <= 0.0:
@@ -122,18 +124,6 @@ class KSResult:
     n_live: int
 
 
-def _sample(values: ArrayLike, name: str) -> NDArray[np.float64]:
-    arr = np.asarray(values)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    out = arr.astype(np.float64)
-    if out.ndim != 1 or out.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {out.shape}")
-    if not np.all(np.isfinite(out)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return out
-
-
 def kolmogorov_sf(lam: float) -> float:
     """Survival function of the Kolmogorov distribution, ``Q_KS(lam) = P(K > lam)``.
 
@@ -176,8 +166,8 @@ def ks_two_sample(reference: ArrayLike, live: ArrayLike) -> KSResult:
     assumes continuous distributions: with many ties (e.g. confidences saturated at 1.0) the test is
     conservative, i.e. p-values are too large, never too small.
     """
-    ref = np.sort(_sample(reference, "reference"))
-    liv = np.sort(_sample(live, "live"))
+    ref = np.sort(validate_sample(reference, "reference"))
+    liv = np.sort(validate_sample(live, "live"))
     n, m = ref.size, liv.size
     pooled = np.concatenate([ref, liv])
     cdf_ref = np.searchsorted(ref, pooled, side="right") / n
@@ -236,10 +226,8 @@ def _null_pairs(
     that null put PSI above its "99%" level in 2.5-5% of clean windows. With the Dirichlet draw the measured
     rate is at nominal (bench/FALSE_ALARMS.md).
     """
-    if isinstance(n_live, bool) or not isinstance(n_live, int | np.integer) or n_live < 1:
-        raise ValueError(f"n_live must be a positive integer, got {n_live!r}")
-    if isinstance(n_sim, bool) or not isinstance(n_sim, int | np.integer) or n_sim < 1:
-        raise ValueError(f"n_sim must be a positive integer, got {n_sim!r}")
+    check_positive_int(n_live, "n_live")
+    check_positive_int(n_sim, "n_sim")
     counts = _counts(reference_counts, "reference_counts")
     n_ref = round(float(counts.sum()))
     if n_ref < 1:
@@ -260,11 +248,6 @@ def _noise(values: NDArray[np.float64], level: float, n_ref: int, n_live: int) -
         n_live=int(n_live),
         n_sim=int(values.size),
     )
-
-
-def _check_level(level: float) -> None:
-    if not (0.0 < level < 1.0):
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
 
 
 def psi_noise(
@@ -288,7 +271,7 @@ def psi_noise(
     their PSI with the same ``eps`` floor (see :func:`_null_pairs` for why ``p`` is drawn, not fixed).
     """
     _check_eps(eps)
-    _check_level(level)
+    check_level(level)
     ref, live, n_ref = _null_pairs(reference_counts, n_live, n_sim, seed)
     return _noise(_psi_rows(ref, live, eps), level, n_ref, int(n_live))
 
@@ -303,7 +286,7 @@ def total_variation_noise(
     (the mean absolute deviation of a binomial proportion), i.e. ≈ 0.12 for 10 classes and 100 predictions:
     above the conventional 0.1 "shift" threshold with no shift at all.
     """
-    _check_level(level)
+    check_level(level)
     ref, live, n_ref = _null_pairs(reference_counts, n_live, n_sim, seed)
     return _noise(0.5 * np.sum(np.abs(ref - live), axis=1), level, n_ref, int(n_live))
 
@@ -328,10 +311,9 @@ def accuracy_drop_noise(
     posterior given the card's ``k`` correct), then ``Binomial(n_reference, a) / n_reference`` minus
     ``Binomial(n_live, a) / n_live``. Deterministic for a seed, so callers may cache it by its arguments.
     """
-    _check_level(level)
+    check_level(level)
     for name, value in (("n_reference", n_reference), ("n_live", n_live), ("n_sim", n_sim)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(value, name)
     if not (0.0 <= reference_accuracy <= 1.0):
         raise ValueError(f"reference_accuracy must be in [0, 1], got {reference_accuracy!r}")
     k = reference_accuracy * n_reference
@@ -360,8 +342,8 @@ def estimated_accuracy_drop_noise(
     ``Binomial(n_ref, mu) / n_ref`` (a binomial overstates the spread of a sum of Bernoulli(c_i) a little:
     conservative), and the live estimate is the mean confidence of a ``Multinomial(n_live, p)`` histogram.
     """
-    _check_level(level)
-    means = _sample(bin_confidence, "bin_confidence")
+    check_level(level)
+    means = validate_sample(bin_confidence, "bin_confidence")
     ref, live, n_ref = _null_pairs(reference_counts, n_live, n_sim, seed)
     if means.shape != (ref.shape[1],):
         raise ValueError(f"bin_confidence has {means.size} values for {ref.shape[1]} bins")

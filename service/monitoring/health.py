@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from service.calibration.card import CalibrationCard
+from service.card import CalibrationCard
 
 Status = Literal["ok", "warning", "critical", "insufficient_data"]
 _SEVERITY: dict[Status, int] = {"ok": 0, "insufficient_data": 1, "warning": 2, "critical": 3}

@@ -44,8 +44,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.calibration.card import CalibrationCard
-from service.calibration.metrics import bin_indices, ece_noise_floor, summarize, validate_labels, validate_probs
+from service.calibration.metrics import bin_indices
+from service.calibration.uncertainty import ece_noise_floor, summarize
+from service.calibration.validation import validate_labels, validate_probs
+from service.card import CalibrationCard
 from service.monitoring.drift import (
     SamplingNoise,
     accuracy_drop_noise,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from service.calibration.card import CalibrationCard
+from service.card import CalibrationCard
 from service.errors import StoreUnavailable
 from service.monitoring import prometheus as metrics
 from service.monitoring.health import Reason, Thresholds, card_reasons, worst

@@ -8,15 +8,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service import __version__
-from service.calibration import card as c
+from service import card as c
 from service.calibration.conformal import empirical_coverage, fit_conformal, mean_set_size, prediction_sets
-from service.calibration.metrics import (
-    CalibrationSummary,
-    confidence_histogram,
-    selective_prediction_table,
-    summarize,
-)
+from service.calibration.reference import confidence_histogram, selective_prediction_table
 from service.calibration.temperature import softmax
+from service.calibration.uncertainty import CalibrationSummary, summarize
 from service.training.model import architecture_name
 from service.training.train import TrainingRun
 
@@ -45,24 +41,21 @@ def split_metrics(probs: NDArray[np.float64], labels: NDArray[np.int64], seed: i
 
 
 def _card_metrics(summary: CalibrationSummary, n: int) -> c.SplitMetrics:
-    def estimate(metric: object) -> c.MetricEstimate:
-        return c.MetricEstimate.model_validate(metric, from_attributes=True)
-
     return c.SplitMetrics(
         n=n,
         n_bins=summary.n_bins,
         interval_level=INTERVAL_LEVEL,
-        accuracy=estimate(summary.accuracy),
-        nll=estimate(summary.nll),
-        brier=estimate(summary.brier),
-        ece=estimate(summary.ece),
-        adaptive_ece=estimate(summary.adaptive_ece),
-        classwise_ece=estimate(summary.classwise_ece),
+        accuracy=summary.accuracy,
+        nll=summary.nll,
+        brier=summary.brier,
+        ece=summary.ece,
+        adaptive_ece=summary.adaptive_ece,
+        classwise_ece=summary.classwise_ece,
         mce=summary.mce,
         mce_min_count=summary.mce_min_count,
         mean_confidence=summary.mean_confidence,
-        ece_noise_floor=c.NoiseFloor.model_validate(summary.ece_noise_floor, from_attributes=True),
-        reliability=tuple(c.ReliabilityBin.model_validate(bin_, from_attributes=True) for bin_ in summary.reliability),
+        ece_noise_floor=summary.ece_noise_floor,
+        reliability=summary.reliability,
     )
 
 
@@ -116,10 +109,7 @@ def build_card(run: TrainingRun, name: str, version: str, created: datetime | No
             after_temperature=split_metrics(after, test_labels, config.seed),
         ),
         conformal=_conformal(calibration_probs, calibration_labels, after, test_labels),
-        selective=tuple(
-            c.SelectiveRow.model_validate(row, from_attributes=True)
-            for row in selective_prediction_table(after, test_labels)
-        ),
+        selective=selective_prediction_table(after, test_labels),
         reference=_reference(after, dataset.n_classes),
     )
 
@@ -129,12 +119,12 @@ def _conformal(
     calibration_labels: NDArray[np.int64],
     test_probs: NDArray[np.float64],
     test_labels: NDArray[np.int64],
-) -> tuple[c.ConformalLevel, ...]:
+) -> tuple[c.ConformalSummary, ...]:
     levels = []
     for level in fit_conformal(calibration_probs, calibration_labels, COVERAGES):
         mask = prediction_sets(test_probs, level.threshold)
         levels.append(
-            c.ConformalLevel(
+            c.ConformalSummary(
                 coverage=level.coverage,
                 threshold=level.threshold,
                 n_calibration=level.n_calibration,

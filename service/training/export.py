@@ -23,7 +23,7 @@ import onnxruntime as ort
 import torch
 from numpy.typing import NDArray
 
-from service.calibration.card import (
+from service.card import (
     CARD_METADATA_KEY,
     INPUT_NAME,
     LOGITS_OUTPUT,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.calibration.card import CalibrationCard, MetricEstimate, SplitMetrics
+from service.calibration.uncertainty import MetricEstimate
+from service.card import CalibrationCard, SplitMetrics
 
 if TYPE_CHECKING:
     from service.training.train import TrainingRun

@@ -23,23 +23,19 @@ from sklearn.metrics import brier_score_loss, log_loss
 from torchmetrics.classification import MulticlassCalibrationError
 
 from service.calibration.metrics import (
-    CalibrationSummary,
     accuracy,
     adaptive_ece,
     bin_indices,
-    bootstrap_interval,
     brier,
     classwise_ece,
-    confidence_histogram,
     ece,
     ece_from_confidences,
-    ece_noise_floor,
     mce,
     nll,
     reliability_bins,
-    selective_prediction_table,
-    summarize,
 )
+from service.calibration.reference import confidence_histogram, selective_prediction_table
+from service.calibration.uncertainty import CalibrationSummary, bootstrap_interval, ece_noise_floor, summarize
 
 pytestmark = pytest.mark.unit
 

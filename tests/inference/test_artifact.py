@@ -14,7 +14,7 @@ pytest.importorskip("onnx", reason=f"onnx is missing; {TRAIN_EXTRA}")
 
 import onnx
 
-from service.calibration.card import CARD_METADATA_KEY
+from service.card import CARD_METADATA_KEY
 from service.errors import ArtifactError
 from service.inference.artifact import load_artifact
 

@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.calibration.card import CalibrationCard, ReliabilityBin
+from service.calibration.metrics import ReliabilityBin
+from service.card import CalibrationCard
 from service.errors import ConfigurationError, InvalidInput
 from service.inference.artifact import load_artifact
 from service.inference.engine import InferenceEngine, abstain_threshold, accuracy_bands, wilson_interval

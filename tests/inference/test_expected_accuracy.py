@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from service.calibration.card import ReliabilityBin
+from service.calibration.metrics import ReliabilityBin
 from service.inference.engine import bands_from_bins, bin_indices
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.calibration.card import SelectiveRow
+from service.calibration.reference import SelectiveRow
 from service.errors import ConfigurationError
 from service.inference.artifact import load_artifact
 from service.inference.engine import abstain_threshold, selective_lower_bound

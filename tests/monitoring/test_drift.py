@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from service.calibration.metrics import confidence_histogram
+from service.calibration.reference import confidence_histogram
 from service.monitoring.drift import (
     histogram,
     kolmogorov_sf,

@@ -19,7 +19,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from service.calibration.metrics import confidence_histogram
+from service.calibration.reference import confidence_histogram
 from service.monitoring.drift import population_stability_index, psi_noise
 from service.monitoring.live import LabelledWindow, LiveThresholds, UnlabelledWindow, evaluate_live, null_size
 

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.schemas import DIGIT_ONE, DIGIT_ZERO
-from service.calibration.card import CalibrationCard
+from service.card import CalibrationCard
 from service.monitoring.monitor import LOG_FILE
 from service.training.data import load_dataset, stratified_split
 from tests.api.conftest import Client, error_of, serve, settings_for

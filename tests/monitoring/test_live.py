@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from service.calibration.card import CalibrationCard
 from service.calibration.metrics import ece
+from service.card import CalibrationCard
 from service.monitoring.live import (
     LabelledWindow,
     LiveReport,

@@ -28,7 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.schemas import DIGIT_ONE, DIGIT_ZERO
-from service.calibration.card import CalibrationCard
+from service.card import CalibrationCard
 from service.monitoring.monitor import LOG_FILE
 from tests.conftest import DEFAULT_MODEL_DIR, REPO_ROOT
 from tests.test_serve_e2e import free_port, wait_until_ready

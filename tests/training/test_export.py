@@ -20,8 +20,8 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from service.calibration.card import CARD_METADATA_KEY, CalibrationCard, model_digest
 from service.calibration.metrics import accuracy, brier, ece, nll
+from service.card import CARD_METADATA_KEY, CalibrationCard, model_digest
 from service.cli import main
 from service.training.config import TrainConfig
 from service.training.data import load_dataset, stratified_split

@@ -5,7 +5,10 @@ inside the ONNX file (``metadata_props[CARD_METADATA_KEY]``) and beside it as ``
 
 This module uses pydantic (a runtime dependency of the service anyway) because the card is a
 file-format boundary: a card written by another version or edited by hand must fail with a
-message naming the field, not deep inside the service. The math modules stay numpy-only.
+message naming the field, not deep inside the service. It lives outside ``service.calibration`` so
+that the math stays numpy-only; the figures the math computes (``MetricEstimate``, ``NoiseFloor``,
+``ReliabilityBin``, ``SelectiveRow``) are its dataclasses, which pydantic validates and writes as they
+are, so each of those types has one definition.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from service.calibration.conformal import coverage_given_card
+from service.calibration.metrics import ReliabilityBin
+from service.calibration.reference import SelectiveRow
+from service.calibration.uncertainty import MetricEstimate, NoiseFloor
 
 CARD_METADATA_KEY = "calibserve.card"
 CARD_SCHEMA_VERSION = 1
@@ -30,32 +38,6 @@ _METADATA_PROPS_FIELD = 14
 class _Frozen(BaseModel):
     # Unknown keys are ignored so that a newer trainer's card still loads in an older service.
     model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class MetricEstimate(_Frozen):
-    """A metric on a split with its sample size and percentile-bootstrap interval."""
-
-    value: float
-    lower: float
-    upper: float
-    n: int
-
-
-class NoiseFloor(_Frozen):
-    """ECE a perfectly calibrated model with the same confidences would show at this n."""
-
-    mean: float
-    upper: float
-    level: float
-    n: int
-
-
-class ReliabilityBin(_Frozen):
-    lower: float
-    upper: float
-    count: int
-    mean_confidence: float | None
-    accuracy: float | None
 
 
 class SplitMetrics(_Frozen):
@@ -94,21 +76,15 @@ class TemperatureInfo(_Frozen):
     at_bound: bool
 
 
-class ConformalLevel(_Frozen):
-    """LAC split-conformal threshold: the set is every class with p >= threshold."""
+class ConformalSummary(_Frozen):
+    """One conformal level as the card states it: the LAC split-conformal threshold (the set is every class
+    with p >= threshold) fitted on ``n_calibration`` samples, and how it did on the test split."""
 
     coverage: float
     threshold: float
     n_calibration: int
     test_coverage: float
     test_mean_set_size: float
-
-
-class SelectiveRow(_Frozen):
-    threshold: float
-    coverage: float
-    accuracy: float | None
-    n: int
 
 
 class ReferenceDistribution(_Frozen):
@@ -170,7 +146,7 @@ class CalibrationCard(_Frozen):
     training: TrainingConfigInfo
     temperature: TemperatureInfo
     test: EvaluationMetrics
-    conformal: tuple[ConformalLevel, ...]
+    conformal: tuple[ConformalSummary, ...]
     selective: tuple[SelectiveRow, ...]
     reference: ReferenceDistribution
 
@@ -268,7 +244,6 @@ def summary_lines(card: CalibrationCard) -> list[str]:
         lines.append(f"  {label:<10} {metric(getattr(before, key)):>28}  {metric(getattr(after, key)):>28}")
     floor = after.ece_noise_floor
     lines.append(f"  ECE noise floor at n = {floor.n}: {floor.mean:.4f} (upper {floor.upper:.4f})")
-    from service.calibration.conformal import coverage_given_card  # conformal imports metrics: keep card light
 
     for level_ in card.conformal:
         given = coverage_given_card(level_.n_calibration, level_.coverage)
