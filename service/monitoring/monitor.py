@@ -121,17 +121,12 @@ class Monitor:
         probs, labels = self.log.labelled_window(self.card.version, k, self.settings.window_labels, since)
         recent = self.log.recent_predictions(self.card.version, k, self.settings.window_predictions, since)
         report = evaluate_live(self.card, LabelledWindow(probs, labels), UnlabelledWindow(recent), self.live_thresholds)
-        for reason in report.reasons:
-            if reason.value is not None and reason.status != "insufficient_data":
-                gauge = {
-                    "live_ece": metrics.LIVE_ECE,
-                    "confidence_psi": metrics.LIVE_PSI,
-                }.get(reason.code)
-                if gauge is not None:
-                    gauge.set(reason.value)
-        unlabelled = report.summary.get("unlabelled")
-        if isinstance(unlabelled, dict) and isinstance(unlabelled.get("estimated_accuracy"), float):
-            metrics.ESTIMATED_ACCURACY.set(unlabelled["estimated_accuracy"])
+        # Gauges from the typed results; a window too small to be checked leaves its gauges at their last value.
+        if report.labelled is not None:
+            metrics.LIVE_ECE.set(report.labelled.live_ece.ece.value)
+        if report.unlabelled is not None:
+            metrics.LIVE_PSI.set(report.unlabelled.confidence_psi.psi)
+            metrics.ESTIMATED_ACCURACY.set(report.unlabelled.estimated_accuracy_drop.estimated_accuracy)
         return report
 
     def refresh_metrics(self) -> None:

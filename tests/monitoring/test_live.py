@@ -9,20 +9,41 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from prometheus_client import REGISTRY
 
 from service.calibration.metrics import ece
+from service.calibration.uncertainty import summarize
 from service.card import CalibrationCard
+from service.monitoring import prometheus as metrics
+from service.monitoring.drift import population_stability_index, total_variation
+from service.monitoring.health import Reason
 from service.monitoring.live import (
+    AccuracyDropCheck,
+    ClassShiftCheck,
+    EstimatedAccuracyCheck,
+    KsCheck,
     LabelledWindow,
+    LiveEceCheck,
     LiveReport,
     LiveThresholds,
+    PsiCheck,
     UnlabelledWindow,
+    check_class_shift,
+    check_confidence_ks,
+    check_confidence_psi,
+    check_estimated_accuracy_drop,
+    check_live_accuracy_drop,
+    check_live_ece,
     evaluate_live,
+    report_summary,
 )
+from service.monitoring.monitor import Monitor
+from service.settings import Settings
 from tests.conftest import DEFAULT_MODEL_DIR
 
 ort = pytest.importorskip("onnxruntime")
@@ -386,3 +407,274 @@ def test_malformed_windows_are_rejected(
 def test_thresholds_reject_nonsense(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         LiveThresholds(**{field: value})  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ typed checks
+
+
+def assert_graded(reason: Reason) -> None:
+    """A reason's status agrees with its value, threshold and gate: an alarm is above both, ok is not."""
+    assert reason.value is not None and reason.threshold is not None and reason.noise is not None
+    if reason.code == "confidence_ks":
+        return  # judged on its p-value, checked with the KsCheck itself
+    if reason.status == "ok":
+        assert reason.value <= reason.threshold or reason.value <= reason.noise
+    else:
+        assert reason.status in ("warning", "critical")
+        assert reason.value > reason.threshold and reason.value > reason.noise
+
+
+@pytest.mark.parametrize("window", ["clean", "noisy"])
+def test_each_check_returns_evidence_consistent_with_its_reason(
+    replay: Replay, window: str, request: pytest.FixtureRequest
+) -> None:
+    probs, labels = request.getfixturevalue(window)
+    card, thresholds = replay.card, LiveThresholds()
+    report = evaluate(card, probs, labels)
+    lab, unl = report.labelled, report.unlabelled
+    assert lab is not None and unl is not None
+    assert report.reasons == lab.reasons + unl.reasons
+    assert (report.n_labelled, report.n_unlabelled, lab.n, unl.n) == (360, 360, 360, 360)
+    ref = card.test.after_temperature
+    assert lab.reference == ref
+
+    # Each check function, called on the shared inputs, gives exactly what the report holds.
+    calibration = summarize(probs, labels, n_boot=200, level=0.9, seed=0)
+    assert lab.calibration == calibration
+    conf, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    ece_check = check_live_ece(card, calibration, conf, thresholds)
+    drop_check = check_live_accuracy_drop(card, calibration, thresholds)
+    psi_check = check_confidence_psi(card, conf, thresholds)
+    ks_check = check_confidence_ks(card, conf, thresholds)
+    estimated_check = check_estimated_accuracy_drop(card, conf, thresholds)
+    shift_check = check_class_shift(card, predicted, thresholds)
+    assert (ece_check, drop_check) == (lab.live_ece, lab.live_accuracy_drop)
+    assert (psi_check, ks_check, estimated_check, shift_check) == (
+        unl.confidence_psi,
+        unl.confidence_ks,
+        unl.estimated_accuracy_drop,
+        unl.class_shift,
+    )
+
+    assert isinstance(ece_check, LiveEceCheck)
+    assert (ece_check.reason.code, ece_check.reason.gate) == ("live_ece", "ece_noise_floor")
+    assert ece_check.reason.value == ece_check.ece.value
+    assert ece_check.reason.noise == ece_check.gate.upper
+    assert ece_check.ece == calibration.ece and ece_check.noise_floor == calibration.ece_noise_floor
+    assert ece_check.gate.level == thresholds.noise_level and ece_check.gate.n_live == ece_check.ece.n == 360
+    assert ece_check.ece.value == pytest.approx(ece(probs, labels))
+
+    assert isinstance(drop_check, AccuracyDropCheck)
+    assert (drop_check.reason.code, drop_check.reason.gate) == ("live_accuracy_drop", "accuracy_drop_null")
+    assert drop_check.reason.value == drop_check.drop == drop_check.reference_accuracy - drop_check.accuracy.value
+    assert (drop_check.reference_accuracy, drop_check.n_reference) == (ref.accuracy.value, ref.n)
+    assert drop_check.accuracy == calibration.accuracy
+    assert drop_check.reason.noise == drop_check.noise.upper
+
+    assert isinstance(psi_check, PsiCheck)
+    assert (psi_check.reason.code, psi_check.reason.gate) == ("confidence_psi", "psi_null")
+    assert psi_check.reason.value == psi_check.psi
+    assert psi_check.psi == population_stability_index(psi_check.reference_histogram, psi_check.histogram)
+    assert psi_check.reference_histogram == card.reference.confidence_histogram
+    assert sum(psi_check.histogram) == 360
+    assert psi_check.reason.noise == psi_check.noise.upper
+
+    assert isinstance(ks_check, KsCheck)
+    assert (ks_check.reason.code, ks_check.reason.gate) == ("confidence_ks", "ks_pvalue")
+    assert ks_check.reason.value == ks_check.ks.statistic
+    assert ks_check.reason.threshold == ks_check.reason.noise == ks_check.level
+    assert ks_check.level == min(thresholds.ks_pvalue, thresholds.gate_alpha)
+    assert ks_check.shifted == (ks_check.ks.pvalue < ks_check.level) == (ks_check.reason.status == "warning")
+    assert (ks_check.ks.n_reference, ks_check.ks.n_live) == (card.reference.n, 360)
+
+    assert isinstance(estimated_check, EstimatedAccuracyCheck)
+    assert estimated_check.reason.code == "estimated_accuracy_drop"
+    assert estimated_check.reason.value == estimated_check.drop
+    assert estimated_check.drop == estimated_check.reference_accuracy - estimated_check.estimated_accuracy
+    assert estimated_check.estimated_accuracy == float(np.mean(conf))
+    assert estimated_check.reference_accuracy == ref.accuracy.value
+    assert estimated_check.reason.noise == estimated_check.noise.upper
+
+    assert isinstance(shift_check, ClassShiftCheck)
+    assert (shift_check.reason.code, shift_check.reason.gate) == ("class_shift", "class_shift_null")
+    assert shift_check.reason.value == shift_check.total_variation
+    assert shift_check.total_variation == total_variation(shift_check.training_counts, shift_check.predicted_counts)
+    assert shift_check.predicted_counts == tuple(np.bincount(predicted, minlength=card.n_classes).tolist())
+    assert shift_check.training_counts == card.dataset.class_counts
+    assert math.isclose(sum(shift_check.predicted_class_fraction), 1.0)
+    assert shift_check.reason.noise == shift_check.noise.upper
+
+    for reason in report.reasons:
+        assert_graded(reason)
+    if window == "noisy":
+        assert ece_check.reason.status == drop_check.reason.status == psi_check.reason.status == "critical"
+        assert ks_check.shifted
+
+
+def test_ks_check_is_none_and_absent_for_a_card_without_raw_confidences(
+    replay: Replay, clean: tuple[Probs, Labels]
+) -> None:
+    card = replay.card.model_copy(update={"reference": replay.card.reference.model_copy(update={"confidences": None})})
+    probs, _ = clean
+    assert check_confidence_ks(card, probs.max(axis=1), LiveThresholds()) is None
+    report = evaluate_live(
+        card, LabelledWindow(probs[:0], np.empty(0, np.int64)), UnlabelledWindow(probs), LiveThresholds()
+    )
+    assert report.unlabelled is not None and report.unlabelled.confidence_ks is None
+    assert "confidence_ks" not in [r.code for r in report.unlabelled.reasons]
+
+
+def test_small_windows_have_no_typed_results(replay: Replay, noisy: tuple[Probs, Labels]) -> None:
+    probs, labels = noisy
+    report = evaluate_live(
+        replay.card, LabelledWindow(probs[:10], labels[:10]), UnlabelledWindow(probs[:20]), LiveThresholds()
+    )
+    assert (report.labelled, report.unlabelled, report.n_labelled, report.n_unlabelled) == (None, None, 10, 20)
+
+
+def synthetic_windows(card: CalibrationCard) -> tuple[Probs, Labels]:
+    """400 rows of softmax(N(0, 3) logits) with labels drawn at temperature 2: an overconfident model whose
+    outputs do not depend on onnxruntime (only on numpy's seeded generator)."""
+    rng = np.random.default_rng(11)
+    logits = rng.normal(0.0, 3.0, (400, card.n_classes))
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = z / z.sum(axis=1, keepdims=True)
+    labels = np.argmax(logits / 2.0 + rng.gumbel(size=logits.shape), axis=1)
+    return probs, labels
+
+
+def test_summary_matches_the_output_before_the_typed_refactor(replay: Replay) -> None:
+    """The summary built from the typed results is the one the dict-building code produced (same seed, same
+    seed offsets): the numbers below were printed by that code and must match to the last bit."""
+    probs, labels = synthetic_windows(replay.card)
+    report = evaluate_live(
+        replay.card, LabelledWindow(probs[:150], labels[:150]), UnlabelledWindow(probs), LiveThresholds(), seed=7
+    )
+    summary = report.summary
+    assert summary == report_summary(report)
+    assert_json_ready(summary)
+    assert list(summary) == ["labelled", "unlabelled"]
+    labelled, unlabelled = summary["labelled"], summary["unlabelled"]
+    assert isinstance(labelled, dict) and isinstance(unlabelled, dict)
+    assert list(labelled) == [
+        "n",
+        "accuracy",
+        "mean_confidence",
+        "overconfidence",
+        "ece",
+        "ece_noise_floor",
+        "ece_gate",
+        "accuracy_drop_noise",
+        "nll",
+        "brier",
+        "reliability",
+        "reference",
+    ]
+    assert list(unlabelled) == [
+        "n",
+        "psi",
+        "psi_noise",
+        "estimated_accuracy_drop_noise",
+        "ks",
+        "estimated_accuracy",
+        "reference_accuracy",
+        "reference_mean_confidence",
+        "confidence_histogram",
+        "reference_histogram",
+        "predicted_class_fraction",
+        "training_class_fraction",
+        "class_shift_tv",
+        "class_shift_noise",
+    ]
+    level = 0.9983333333333333
+    assert labelled["n"] == 150
+    assert labelled["accuracy"] == 0.4533333333333333
+    assert labelled["mean_confidence"] == 0.6405633295219991
+    assert labelled["overconfidence"] == 0.18722999618866581
+    assert labelled["ece"] == {
+        "value": 0.21555631237991368,
+        "lower": 0.17822066719464003,
+        "upper": 0.28549398571981494,
+        "n": 150,
+    }
+    assert labelled["ece_noise_floor"] == {"mean": 0.09123670755651526, "upper": 0.11833979557801917}
+    assert labelled["ece_gate"] == {"mean": 0.09232381463439017, "upper": 0.1615725951100193, "level": level}
+    assert labelled["accuracy_drop_noise"] == {
+        "mean": -1.31111111111187e-05,
+        "upper": 0.04981574074073952,
+        "level": level,
+    }
+    assert (labelled["nll"], labelled["brier"]) == (1.818820850699757, 0.754331560813232)
+    assert unlabelled["n"] == 400
+    assert unlabelled["psi"] == 3.9185436222101493
+    assert unlabelled["psi_noise"] == {"mean": 0.08399588993126851, "upper": 0.24642714953790454, "level": level}
+    assert unlabelled["estimated_accuracy_drop_noise"] == {
+        "mean": -7.54702841512198e-05,
+        "upper": 0.03329011070906203,
+        "level": level,
+    }
+    assert unlabelled["ks"] == {"statistic": 0.845, "pvalue": 3.936184325692568e-120}
+    assert unlabelled["estimated_accuracy"] == 0.6637012992420186
+    assert unlabelled["confidence_histogram"] == [0, 0, 0, 2, 17, 26, 40, 45, 42, 32, 33, 35, 42, 29, 57]
+    assert unlabelled["predicted_class_fraction"] == [
+        0.1125,
+        0.125,
+        0.105,
+        0.0925,
+        0.105,
+        0.07,
+        0.095,
+        0.1175,
+        0.0875,
+        0.09,
+    ]
+    assert unlabelled["class_shift_tv"] == 0.0658347245409015
+    assert unlabelled["class_shift_noise"] == {
+        "mean": 0.0660844097801892,
+        "upper": 0.1208410893155249,
+        "level": level,
+    }
+    assert [(r.code, r.status) for r in report.reasons] == [
+        ("live_ece", "critical"),
+        ("live_accuracy_drop", "critical"),
+        ("confidence_psi", "critical"),
+        ("confidence_ks", "warning"),
+        ("estimated_accuracy_drop", "critical"),
+        ("class_shift", "ok"),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ gauges
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
+
+
+def test_monitor_sets_the_gauges_from_the_typed_results(replay: Replay, tmp_path: Path) -> None:
+    probs, labels = synthetic_windows(replay.card)
+    monitor = Monitor(Settings(model_path=DEFAULT_MODEL_DIR, data_dir=tmp_path), replay.card)
+    try:
+        # A fresh log: both windows are too small, so the gauges keep whatever they held.
+        for name, value in (("LIVE_ECE", -1.0), ("LIVE_PSI", -2.0), ("ESTIMATED_ACCURACY", -3.0)):
+            getattr(metrics, name).set(value)
+        empty = monitor.live()
+        assert empty is not None and empty.labelled is None and empty.unlabelled is None
+        assert (gauge("calibserve_live_ece"), gauge("calibserve_live_psi")) == (-1.0, -2.0)
+        assert gauge("calibserve_estimated_accuracy") == -3.0
+
+        predicted = probs.argmax(axis=1)
+        ids = monitor.record(predicted, probs.max(axis=1), probs, np.zeros((len(probs), 64), np.float32))
+        assert set(monitor.feedback(list(zip(ids[:150], labels[:150].tolist(), strict=True)))) == {"recorded"}
+        report = monitor.live()
+        assert report is not None and report.labelled is not None and report.unlabelled is not None
+        assert (report.n_labelled, report.n_unlabelled) == (150, 400)
+        assert gauge("calibserve_live_ece") == report.labelled.live_ece.ece.value
+        assert gauge("calibserve_live_psi") == report.unlabelled.confidence_psi.psi
+        assert gauge("calibserve_estimated_accuracy") == report.unlabelled.estimated_accuracy_drop.estimated_accuracy
+        # The same numbers as the reasons that /health/calibration shows.
+        reasons = {r.code: r for r in report.reasons}
+        assert gauge("calibserve_live_ece") == reasons["live_ece"].value
+        assert gauge("calibserve_live_psi") == reasons["confidence_psi"].value
+    finally:
+        monitor.close()
