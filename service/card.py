@@ -76,15 +76,36 @@ class TemperatureInfo(_Frozen):
     at_bound: bool
 
 
+class PacThreshold(_Frozen):
+    """A training-conditional (PAC) threshold for one level: with probability >= 1 - ``delta`` over
+    calibration sets, the long-run coverage of its sets is at least the level's nominal ``coverage``
+    (Vovk 2012; taken at ``rank`` instead of the plain ``ceil((n + 1) * coverage)``)."""
+
+    delta: float = Field(gt=0, lt=1)
+    rank: int
+    threshold: float
+    p_coverage_below_nominal: float
+    test_coverage: float
+    test_mean_set_size: float
+
+
 class ConformalSummary(_Frozen):
     """One conformal level as the card states it: the LAC split-conformal threshold (the set is every class
-    with p >= threshold) fitted on ``n_calibration`` samples, and how it did on the test split."""
+    with p >= threshold) fitted on ``n_calibration`` samples, and how it did on the test split.
+
+    ``coverage`` holds on average over calibration sets; for this card's threshold the long-run coverage is
+    below it with probability ``p_coverage_below_nominal`` and above ``coverage_quantile_05`` with probability
+    0.95. ``pac`` is the threshold that keeps the nominal coverage for this card with probability 1 - delta.
+    The three are None in cards written before they existed (the service then computes the first two)."""
 
     coverage: float
     threshold: float
     n_calibration: int
     test_coverage: float
     test_mean_set_size: float
+    p_coverage_below_nominal: float | None = None
+    coverage_quantile_05: float | None = None
+    pac: PacThreshold | None = None
 
 
 class ReferenceDistribution(_Frozen):
@@ -244,6 +265,10 @@ def summary_lines(card: CalibrationCard) -> list[str]:
         lines.append(f"  {label:<10} {metric(getattr(before, key)):>28}  {metric(getattr(after, key)):>28}")
     floor = after.ece_noise_floor
     lines.append(f"  ECE noise floor at n = {floor.n}: {floor.mean:.4f} (upper {floor.upper:.4f})")
+    if after.ece.interval == "basic_bootstrap_noise_floor":
+        lines.append("  ECE intervals: basic bootstrap clipped at 0, lower end 0 while within the noise floor")
+    else:
+        lines.append("  ECE intervals: percentile bootstrap (this card predates the fix: they sit above the true ECE)")
 
     for level_ in card.conformal:
         given = coverage_given_card(level_.n_calibration, level_.coverage)
@@ -253,4 +278,11 @@ def summary_lines(card: CalibrationCard) -> list[str]:
             f"P(coverage < {level_.coverage:.0%}) = {given.p_below_nominal:.2f}, 5% quantile {given.quantile:.3f} "
             "(the nominal level holds on average over calibration sets)"
         )
+        if level_.pac is not None:
+            pac = level_.pac
+            lines.append(
+                f"conformal  {level_.coverage:.0%} PAC sets (delta {pac.delta:g}): p >= {pac.threshold:.4f}, test "
+                f"coverage {pac.test_coverage:.3f}, mean size {pac.test_mean_set_size:.2f}; P(coverage < "
+                f"{level_.coverage:.0%}) = {pac.p_coverage_below_nominal:.3f} (CALIBSERVE_CONFORMAL_GUARANTEE=pac)"
+            )
     return lines

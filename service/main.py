@@ -47,6 +47,7 @@ def load_engine(settings: Settings) -> InferenceEngine:
         abstain_below=settings.abstain_below,
         target_accuracy=settings.target_accuracy,
         min_bin_support=settings.min_bin_support,
+        conformal_guarantee=settings.conformal_guarantee,
         threads=settings.inference_threads,
     )
 

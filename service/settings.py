@@ -51,6 +51,14 @@ class Settings(BaseSettings):
         "predictions' accuracy is at least this with 95% confidence (one-sided Clopper-Pearson lower bound, "
         "thresholds tried from the strictest down); start-up fails if none is, naming the test samples needed",
     )
+    conformal_guarantee: Literal["marginal", "pac"] = Field(
+        "marginal",
+        description="which conformal threshold the prediction sets use: 'marginal' (the plain split-conformal "
+        "threshold: the nominal coverage holds on average over calibration sets; for one card it falls short "
+        "about half the time) or 'pac' (the card's training-conditional threshold: the nominal coverage holds "
+        "for this card with probability 1 - delta, delta 0.05; a little larger sets); 'pac' needs a card that "
+        "has PAC thresholds",
+    )
     min_bin_support: int = Field(
         10, ge=1, description="expected_accuracy merges neighbouring reliability bins until they hold this many"
     )

@@ -389,6 +389,7 @@ def calibration_parameters(engine: InferenceEngine, coverage: float) -> dict[str
         # The nominal coverage holds on average over calibration sets; for this card (Beta law, Vovk 2012):
         "coverage_p_below_nominal": given.p_below_nominal,
         "coverage_quantile_05": given.quantile,
+        "conformal_guarantee": engine.conformal_guarantee,
         "abstain_threshold": engine.abstain_threshold,
     }
 

@@ -41,6 +41,8 @@ def conformal_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any
     if figures is None:
         return None
     return {
+        "guarantee": engine.conformal_guarantee,
+        "delta": engine.pac_delta,
         "n_calibration": figures.n_calibration,
         "p_coverage_below_nominal": figures.p_below_nominal,
         "coverage_quantile_05": figures.quantile,

@@ -116,12 +116,19 @@ class EceSummary(BaseModel):
 
 class ConformalSummary(BaseModel):
     """What the split-conformal sets promise for this one card (Vovk 2012): the long-run coverage given the
-    card's calibration set is Beta(k, n + 1 - k), k = ceil((n + 1) * coverage)."""
+    card's calibration set is Beta(k, n + 1 - k), k = ceil((n + 1) * coverage) for the plain threshold."""
 
+    guarantee: Literal["marginal", "pac"] = Field(
+        description="'marginal': the plain threshold, whose nominal coverage holds on average over calibration sets; "
+        "'pac': the training-conditional threshold (CALIBSERVE_CONFORMAL_GUARANTEE=pac), whose nominal coverage "
+        "holds for this card with probability 1 - delta"
+    )
+    delta: float | None = Field(description="the PAC threshold's delta; null for 'marginal'")
     n_calibration: int = Field(description="calibration samples the conformal threshold was fitted on")
     p_coverage_below_nominal: float = Field(
         description="probability, over calibration sets, that this card's long-run coverage is below `coverage` "
-        "(about 0.47 at n = 360: the nominal coverage holds on average over calibration sets, not for every card)"
+        "(plain threshold: about 0.47 at n = 360, the nominal coverage holds on average over calibration sets, not "
+        "for every card; PAC threshold: at most delta)"
     )
     coverage_quantile_05: float = Field(
         description="with probability 0.95 over calibration sets, this card's long-run coverage is at least this"

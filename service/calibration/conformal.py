@@ -215,18 +215,23 @@ class CoverageGivenCard:
     quantile: float
 
 
-def coverage_given_card(n: int, coverage: float, quantile_level: float = 0.05) -> CoverageGivenCard:
-    """The distribution of the long-run coverage of a plain split-conformal threshold from ``n`` scores.
+def coverage_given_card(
+    n: int, coverage: float, quantile_level: float = 0.05, rank: int | None = None
+) -> CoverageGivenCard:
+    """The distribution of the long-run coverage of a split-conformal threshold from ``n`` scores.
 
     Coverage given the calibration set is ``Beta(k, n + 1 - k)``, ``k = ceil((n + 1) * coverage)``
     (Vovk 2012; Angelopoulos & Bates 2021, section 3.2); its mean is ``k / (n + 1) >= coverage`` (the
     marginal guarantee), but at n = 360, coverage 0.9 it is below 0.9 with probability 0.47. When
-    ``k > n`` the threshold is 0 and every set holds every class: coverage is 1.
+    ``k > n`` the threshold is 0 and every set holds every class: coverage is 1. ``rank`` replaces k for a
+    threshold taken at another rank (the PAC threshold's :func:`pac_rank`).
     """
     if not 0.0 < quantile_level < 1.0:
         raise ValueError(f"quantile_level must be in (0, 1), got {quantile_level!r}")
     c = _check_coverage(coverage)
-    k = conformal_rank(n, c)
+    k = conformal_rank(n, c) if rank is None else int(rank)
+    if k < 1:
+        raise ValueError(f"rank must be >= 1, got {k}")
     if k > n:
         return CoverageGivenCard(c, n, k, 0.0, quantile_level, 1.0)
     return CoverageGivenCard(

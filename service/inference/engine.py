@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -285,6 +286,7 @@ class InferenceEngine:
         abstain_below: float | None = None,
         target_accuracy: float | None = None,
         min_bin_support: int = 10,
+        conformal_guarantee: Literal["marginal", "pac"] = "marginal",
         threads: int = 1,
     ) -> None:
         self.card = artifact.card
@@ -297,11 +299,25 @@ class InferenceEngine:
         # Per band: its calibration gap and the gap's interval (NaN where a band has no test samples).
         self.band_gap = np.array([b.gap if b.gap is not None else (np.nan,) * 3 for b in self.bands], dtype=np.float64)
         self.abstain_threshold = abstain_threshold(self.card, abstain_below, target_accuracy)
-        self._conformal = {level.coverage: level.threshold for level in self.card.conformal}
-        # What each level's threshold promises for this one card (computed once: n and the level suffice).
-        self.coverage_given_card: dict[float, CoverageGivenCard] = {
-            level.coverage: coverage_given_card(level.n_calibration, level.coverage) for level in self.card.conformal
-        }
+        self.conformal_guarantee = conformal_guarantee
+        self.pac_delta: float | None = None
+        self._conformal: dict[float, float] = {}
+        # What each level's threshold promises for this one card (computed once: n and the rank suffice).
+        self.coverage_given_card: dict[float, CoverageGivenCard] = {}
+        for level in self.card.conformal:
+            threshold, rank = level.threshold, None
+            if conformal_guarantee == "pac":
+                if level.pac is None:
+                    raise ConfigurationError(
+                        f"CALIBSERVE_CONFORMAL_GUARANTEE=pac, but the card of {self.card.name!r} has no PAC "
+                        "conformal thresholds (it predates them): retrain it, or use 'marginal'",
+                        {"setting": "conformal_guarantee"},
+                    )
+                threshold, rank, self.pac_delta = level.pac.threshold, level.pac.rank, level.pac.delta
+            self._conformal[level.coverage] = threshold
+            self.coverage_given_card[level.coverage] = coverage_given_card(
+                level.n_calibration, level.coverage, rank=rank
+            )
         self.classes = np.asarray(self.card.classes)
 
     def expected_accuracy(self, confidence: NDArray[np.float64], band_index: NDArray[np.intp]) -> NDArray[np.float64]:

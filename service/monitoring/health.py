@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from service.calibration.uncertainty import MetricEstimate
 from service.card import CalibrationCard
 
 Status = Literal["ok", "warning", "critical", "insufficient_data"]
@@ -36,6 +37,12 @@ class Thresholds:
     ece_critical: float = 0.10
 
 
+def _interval_words(estimate: MetricEstimate) -> str:
+    if estimate.interval == "basic_bootstrap_noise_floor":
+        return "basic bootstrap, 0 while within noise"
+    return "percentile bootstrap, which sits above the true ECE: this card predates the fix"
+
+
 def worst(statuses: list[Status]) -> Status:
     return max(statuses, key=_SEVERITY.__getitem__, default="ok")
 
@@ -58,7 +65,8 @@ def card_reasons(card: CalibrationCard, thresholds: Thresholds) -> list[Reason]:
             "card_ece",
             status,
             f"test ECE after temperature scaling is {ece:.4f} (n = {after.n}, {int(after.interval_level * 100)}% "
-            f"interval [{after.ece.lower:.4f}, {after.ece.upper:.4f}]), {comparison} the threshold {limit}; the "
+            f"interval for the true ECE [{after.ece.lower:.4f}, {after.ece.upper:.4f}], {_interval_words(after.ece)}), "
+            f"{comparison} the threshold {limit}; the "
             f"noise floor at this n is {floor.mean:.4f}",
             ece,
             limit,

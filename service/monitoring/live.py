@@ -490,8 +490,9 @@ def check_live_ece(
     reason = Reason(
         "live_ece",
         status,
-        f"live ECE {ece.value:.3f} over the last {n} labelled predictions ({_LEVEL_PERCENT}% interval "
-        f"[{ece.lower:.3f}, {ece.upper:.3f}]; card: {card.test.after_temperature.ece.value:.3f}) {verdict} "
+        f"live ECE {ece.value:.3f} over the last {n} labelled predictions ({_LEVEL_PERCENT}% interval for the true "
+        f"ECE [{ece.lower:.3f}, {ece.upper:.3f}], basic bootstrap, 0 while within noise; "
+        f"card: {card.test.after_temperature.ece.value:.3f}) {verdict} "
         "[gate: ECE noise floor]",
         ece.value,
         threshold,
@@ -704,7 +705,13 @@ def report_summary(report: LiveReport) -> dict[str, object]:
             "accuracy": live.accuracy.value,
             "mean_confidence": live.mean_confidence,
             "overconfidence": lab.overconfidence,
-            "ece": {"value": ece.ece.value, "lower": ece.ece.lower, "upper": ece.ece.upper, "n": ece.ece.n},
+            "ece": {
+                "value": ece.ece.value,
+                "lower": ece.ece.lower,
+                "upper": ece.ece.upper,
+                "n": ece.ece.n,
+                "interval": ece.ece.interval,
+            },
             "ece_noise_floor": {"mean": ece.noise_floor.mean, "upper": ece.noise_floor.upper},
             "ece_gate": _noise_dict(ece.gate),
             "accuracy_drop_noise": _noise_dict(lab.live_accuracy_drop.noise),

@@ -9,7 +9,15 @@ from numpy.typing import NDArray
 
 from service import __version__
 from service import card as c
-from service.calibration.conformal import empirical_coverage, fit_conformal, mean_set_size, prediction_sets
+from service.calibration.conformal import (
+    coverage_given_card,
+    empirical_coverage,
+    fit_conformal,
+    lac_threshold_pac,
+    mean_set_size,
+    pac_rank,
+    prediction_sets,
+)
 from service.calibration.reference import confidence_histogram, selective_prediction_table
 from service.calibration.temperature import softmax
 from service.calibration.uncertainty import CalibrationSummary, summarize
@@ -21,6 +29,8 @@ INTERVAL_LEVEL = 0.9
 N_BOOTSTRAP = 1000
 MCE_MIN_COUNT = 10
 COVERAGES = (0.9, 0.95)
+# The PAC thresholds' delta: the nominal coverage holds for the card at hand with probability 0.95.
+PAC_DELTA = 0.05
 
 
 def held_out_probabilities(run: TrainingRun, calibrated: bool = True) -> NDArray[np.float64]:
@@ -123,6 +133,7 @@ def _conformal(
     levels = []
     for level in fit_conformal(calibration_probs, calibration_labels, COVERAGES):
         mask = prediction_sets(test_probs, level.threshold)
+        given = coverage_given_card(level.n_calibration, level.coverage)
         levels.append(
             c.ConformalSummary(
                 coverage=level.coverage,
@@ -130,9 +141,34 @@ def _conformal(
                 n_calibration=level.n_calibration,
                 test_coverage=empirical_coverage(mask, test_labels),
                 test_mean_set_size=mean_set_size(mask),
+                p_coverage_below_nominal=given.p_below_nominal,
+                coverage_quantile_05=given.quantile,
+                pac=_pac(calibration_probs, calibration_labels, test_probs, test_labels, level.coverage),
             )
         )
     return tuple(levels)
+
+
+def _pac(
+    calibration_probs: NDArray[np.float64],
+    calibration_labels: NDArray[np.int64],
+    test_probs: NDArray[np.float64],
+    test_labels: NDArray[np.int64],
+    coverage: float,
+) -> c.PacThreshold:
+    """The training-conditional threshold at ``PAC_DELTA`` and what it did on the test split."""
+    n = len(calibration_labels)
+    rank = pac_rank(n, coverage, PAC_DELTA)
+    threshold = lac_threshold_pac(calibration_probs, calibration_labels, coverage, PAC_DELTA)
+    mask = prediction_sets(test_probs, threshold)
+    return c.PacThreshold(
+        delta=PAC_DELTA,
+        rank=rank,
+        threshold=threshold,
+        p_coverage_below_nominal=coverage_given_card(n, coverage, rank=rank).p_below_nominal,
+        test_coverage=empirical_coverage(mask, test_labels),
+        test_mean_set_size=mean_set_size(mask),
+    )
 
 
 def _reference(probs: NDArray[np.float64], n_classes: int) -> c.ReferenceDistribution:

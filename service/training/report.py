@@ -125,6 +125,11 @@ def render_report(card: CalibrationCard) -> str:
         f"{after.ece_noise_floor.upper:.4f}). An ECE below that is indistinguishable from perfect calibration "
         "at this sample size; NLL and Brier are the steadier figures.",
         "",
+        "Intervals: accuracy, NLL and Brier by the percentile bootstrap; the three ECEs by the basic bootstrap "
+        "(which corrects ECE's upward bias, so an interval may lie below its estimate) clipped at 0, with its "
+        "lower end 0 whenever the estimate is within what a perfectly calibrated model would show. The ECE "
+        "interval's measured coverage of the true ECE at nominal 90% is in calibserve's bench/ECE_INTERVALS.md.",
+        "",
         "## Reliability after temperature scaling",
         "",
         "| confidence bin | count | mean confidence | accuracy |",

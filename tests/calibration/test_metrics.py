@@ -35,7 +35,13 @@ from service.calibration.metrics import (
     reliability_bins,
 )
 from service.calibration.reference import confidence_histogram, selective_prediction_table
-from service.calibration.uncertainty import CalibrationSummary, bootstrap_interval, ece_noise_floor, summarize
+from service.calibration.uncertainty import (
+    CalibrationSummary,
+    bootstrap_interval,
+    bootstrap_statistics,
+    ece_noise_floor,
+    summarize,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -526,11 +532,19 @@ def test_summarize_intervals_match_generic_bootstrap() -> None:
     }
     for name, fn in pairs.items():
         est = getattr(summary, name)
-        iv = bootstrap_interval(fn, probs, labels, n_boot=200, level=0.8, seed=5)
         assert est.value == pytest.approx(fn(probs, labels), abs=1e-12), name
-        assert est.lower == pytest.approx(iv.lower, abs=1e-10), name
-        assert est.upper == pytest.approx(iv.upper, abs=1e-10), name
         assert est.n == 250
+        if name in ("accuracy", "nll", "brier"):
+            iv = bootstrap_interval(fn, probs, labels, n_boot=200, level=0.8, seed=5)
+            assert est.interval == "percentile_bootstrap"
+            assert est.lower == pytest.approx(iv.lower, abs=1e-10), name
+            assert est.upper == pytest.approx(iv.upper, abs=1e-10), name
+        else:
+            # Basic bootstrap on the same resamples; the lower end is 0 when the estimate is within noise.
+            q_lo, q_hi = np.quantile(bootstrap_statistics(fn, probs, labels, n_boot=200, seed=5), [0.1, 0.9])
+            assert est.interval == "basic_bootstrap_noise_floor"
+            assert est.upper == pytest.approx(max(0.0, 2 * est.value - q_lo), abs=1e-10), name
+            assert est.lower in (0.0, pytest.approx(max(0.0, 2 * est.value - q_hi), abs=1e-10)), name
 
 
 def test_summarize_adaptive_bootstrap_with_ties_matches_generic() -> None:
@@ -538,9 +552,11 @@ def test_summarize_adaptive_bootstrap_with_ties_matches_generic() -> None:
     probs = binary_probs(np.round(rng.random(60), 1))
     labels = rng.integers(0, 2, size=60)
     summary = summarize(probs, labels, n_bins=4, n_boot=100, seed=1)
-    iv = bootstrap_interval(lambda p, y: adaptive_ece(p, y, 4), probs, labels, n_boot=100, seed=1)
-    assert summary.adaptive_ece.lower == pytest.approx(iv.lower, abs=1e-12)
-    assert summary.adaptive_ece.upper == pytest.approx(iv.upper, abs=1e-12)
+    stats = bootstrap_statistics(lambda p, y: adaptive_ece(p, y, 4), probs, labels, n_boot=100, seed=1)
+    q_lo, q_hi = np.quantile(stats, [0.05, 0.95])
+    est = summary.adaptive_ece
+    assert est.upper == pytest.approx(max(0.0, 2 * est.value - q_lo), abs=1e-12)
+    assert est.lower in (0.0, pytest.approx(max(0.0, 2 * est.value - q_hi), abs=1e-12))
 
 
 def test_summarize_fields() -> None:

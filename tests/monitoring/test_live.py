@@ -591,11 +591,15 @@ def test_summary_matches_the_output_before_the_typed_refactor(replay: Replay) ->
     assert labelled["accuracy"] == 0.4533333333333333
     assert labelled["mean_confidence"] == 0.6405633295219991
     assert labelled["overconfidence"] == 0.18722999618866581
+    # The ECE interval is the basic bootstrap since issue 12: the percentile interval of the same resamples,
+    # [0.17822066719464003, 0.28549398571981494], reflected about the estimate (2 * value - q).
+    value = 0.21555631237991368
     assert labelled["ece"] == {
-        "value": 0.21555631237991368,
-        "lower": 0.17822066719464003,
-        "upper": 0.28549398571981494,
+        "value": value,
+        "lower": pytest.approx(2 * value - 0.28549398571981494, abs=1e-12),
+        "upper": pytest.approx(2 * value - 0.17822066719464003, abs=1e-12),
         "n": 150,
+        "interval": "basic_bootstrap_noise_floor",
     }
     assert labelled["ece_noise_floor"] == {"mean": 0.09123670755651526, "upper": 0.11833979557801917}
     assert labelled["ece_gate"] == {"mean": 0.09232381463439017, "upper": 0.1615725951100193, "level": level}
