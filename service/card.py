@@ -17,7 +17,7 @@ import hashlib
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.calibration.conformal import coverage_given_card
 from service.calibration.metrics import ReliabilityBin
@@ -146,11 +146,39 @@ class TrainingConfigInfo(_Frozen):
     optimizer: Literal["adam"] = "adam"
 
 
+InputDtype = Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32"]
+
+
+class SourceInfo(_Frozen):
+    """Where an imported model came from (``calibserve calibrate``): it replaces ``training`` on its card."""
+
+    file_name: str
+    sha256: str = Field(description="sha256 of the original ONNX file, as given to calibrate")
+    output: str = Field(description="the original graph output whose scores were calibrated")
+    scores: Literal["logits", "probabilities"]
+    scores_detected: bool = Field(description="True when calibrate detected the kind; False when it was given")
+    label_smoothing: float | None = Field(description="label smoothing declared at calibrate time; None: unknown")
+
+
 class IOInfo(_Frozen):
+    """The model's single input and its outputs.
+
+    ``input_shape`` is the input's full shape with -1 for free dimensions (the first is the batch), e.g.
+    ``(-1, 64)`` or ``(-1, 1, 8, 8)``; None in cards written before it, which all took ``(-1, n_features)``
+    float32. ``n_features`` is the number of values in one instance (the product of the instance dimensions).
+    """
+
     input: str = INPUT_NAME
     n_features: int
     feature_names: tuple[str, ...] | None
     outputs: tuple[str, ...] = (LOGITS_OUTPUT, PROBABILITIES_OUTPUT)
+    input_dtype: InputDtype = "float32"
+    input_shape: tuple[int, ...] | None = None
+
+    @property
+    def instance_shape(self) -> tuple[int, ...]:
+        """One instance's shape: the input shape without its batch dimension."""
+        return self.input_shape[1:] if self.input_shape is not None else (self.n_features,)
 
 
 class CalibrationCard(_Frozen):
@@ -164,16 +192,34 @@ class CalibrationCard(_Frozen):
     classes: tuple[str, ...]
     io: IOInfo
     dataset: DatasetInfo
-    training: TrainingConfigInfo
+    training: TrainingConfigInfo | None = None
+    source: SourceInfo | None = None
     temperature: TemperatureInfo
     test: EvaluationMetrics
     conformal: tuple[ConformalSummary, ...]
     selective: tuple[SelectiveRow, ...]
     reference: ReferenceDistribution
 
+    @model_validator(mode="after")
+    def _trained_or_imported(self) -> CalibrationCard:
+        if (self.training is None) == (self.source is None):
+            raise ValueError("a card has exactly one of 'training' (trained here) and 'source' (imported)")
+        return self
+
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def label_smoothing(self) -> float | None:
+        """The label smoothing the model was trained with; None when an imported model did not declare it."""
+        if self.training is not None:
+            return self.training.label_smoothing
+        return self.source.label_smoothing if self.source is not None else None
+
+    @property
+    def smoothing_prior(self) -> str | None:
+        return self.training.smoothing_prior if self.training is not None else None
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -238,6 +284,24 @@ def model_digest(model_bytes: bytes) -> str:
     return digest.hexdigest()
 
 
+def provenance(card: CalibrationCard) -> str:
+    """One line on where the model came from: the training config, or the imported file and its scores."""
+    if card.training is not None:
+        t = card.training
+        return (
+            f"{t.architecture}, label smoothing {t.label_smoothing} ({t.smoothing_prior} prior), {t.epochs} epochs, "
+            f"seed {t.seed}"
+        )
+    assert card.source is not None  # the validator guarantees one of the two
+    src = card.source
+    smoothing = "unknown" if src.label_smoothing is None else f"{src.label_smoothing:g} (declared)"
+    how = "detected" if src.scores_detected else "given"
+    return (
+        f"{src.file_name} (sha256 {src.sha256[:16]}…), output {src.output!r} holds {src.scores} ({how}), "
+        f"label smoothing {smoothing}"
+    )
+
+
 def summary_lines(card: CalibrationCard) -> list[str]:
     """A short, readable account of the card for terminals (``calibserve inspect``, ``train``)."""
     after, before = card.test.after_temperature, card.test.before_temperature
@@ -252,8 +316,7 @@ def summary_lines(card: CalibrationCard) -> list[str]:
         f"{card.n_classes} classes ({', '.join(card.classes[:12])}{', …' if card.n_classes > 12 else ''})",
         f"split      train {card.dataset.n_train} / calibration {card.dataset.n_calibration} / "
         f"test {card.dataset.n_test}  (seed {card.dataset.split_seed})",
-        f"training   {card.training.architecture}, label smoothing {card.training.label_smoothing} "
-        f"({card.training.smoothing_prior} prior), {card.training.epochs} epochs, seed {card.training.seed}",
+        f"{'training' if card.training is not None else 'imported':<10} {provenance(card)}",
         f"temperature T = {card.temperature.value:.4f} (calibration NLL {card.temperature.nll_before:.4f} -> "
         f"{card.temperature.nll_after:.4f})"
         + (

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_healthcheck(commands)
     _add_train(commands)
+    _add_calibrate(commands)
     _add_inspect(commands)
     return parser
 
@@ -212,6 +213,81 @@ def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     compare.add_argument("--compare-seeds", type=_positive_int, default=5, help="number of seeds (0..n-1)")
     compare.add_argument("--compare-output", type=Path, help="markdown file (default: <name>-compare.md)")
     train.set_defaults(handler=_run_train)
+
+
+def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="calibrate any single-input ONNX classifier: temperature scaling, card, servable artifact",
+        description="Fit temperature scaling for an ONNX classifier you already have on held-out labelled data, "
+        "fold it into the graph (outputs 'logits' and 'probabilities'), measure calibration on a test split and "
+        "write <output-dir>/ (model.onnx with the card embedded, card.json, reliability.png, REPORT.md), ready "
+        "for 'calibserve serve'. Needs the 'calibrate' extra (onnx; no torch).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    calibrate.add_argument("model", type=Path, help="the ONNX model (one input; an output of class scores)")
+    calibrate.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="labelled data the model never trained on: .npz with X (shaped like the input) and y, or .csv "
+        "(features, then a last 'label' column; flat inputs only). Split in half (calibration / test) unless "
+        "--test-data is given",
+    )
+    calibrate.add_argument("--test-data", type=Path, help="separate test data; then all of --data fits T")
+    calibrate.add_argument("--name", required=True, help="model name")
+    calibrate.add_argument("--output-dir", type=Path, help="artifact directory (default: models/<name>)")
+    calibrate.add_argument("--output", help="the output holding the class scores (default: the one [N, K] float)")
+    calibrate.add_argument(
+        "--scores", choices=("logits", "probabilities"), help="what the output holds (default: detected)"
+    )
+    calibrate.add_argument("--classes", type=_name_list, help="class names in the output's column order, e.g. a,b,c")
+    calibrate.add_argument(
+        "--label-smoothing", type=float, help="the label smoothing the model was trained with (default: unknown)"
+    )
+    calibrate.add_argument("--seed", type=int, default=0, help="seeds the calibration / test split")
+    calibrate.set_defaults(handler=_run_calibrate)
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(","))
+    if len(names) < 2 or any(not n for n in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected at least two distinct, comma-separated names, got {text!r}")
+    return names
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"calibserve calibrate needs the 'calibrate' extra: pip install 'calibserve[calibrate]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    if args.label_smoothing is not None and not 0.0 <= args.label_smoothing < 1.0:
+        print(f"calibserve calibrate: --label-smoothing must be in [0, 1), got {args.label_smoothing}", file=sys.stderr)
+        return 2
+    from service.card import summary_lines
+    from service.training.calibrate import CalibrateOptions, calibrate_model
+    from service.training.files import write_artifact_files
+
+    options = CalibrateOptions(
+        name=args.name,
+        output=args.output,
+        scores=args.scores,
+        classes=args.classes,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+    )
+    result = calibrate_model(args.model, args.data, options, args.test_data)
+    for note in result.notes:
+        print(note)
+    directory = args.output_dir or Path("models") / args.name
+    write_artifact_files(directory, result.model_bytes, result.card)
+    print(f"wrote {directory}/ (model.onnx, card.json, reliability.png, REPORT.md)")
+    print("\n".join(summary_lines(result.card)))
+    return 0
 
 
 def _add_inspect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

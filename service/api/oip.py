@@ -30,7 +30,7 @@ from service.api.parsing import (
     refuse_lone_surrogates,
     shown,
 )
-from service.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT
+from service.card import LOGITS_OUTPUT, PROBABILITIES_OUTPUT
 from service.errors import InvalidInput, MalformedRequest
 from service.inference.engine import BatchPrediction, InferenceEngine
 from service.inference.features import as_float32
@@ -107,6 +107,7 @@ class InferRequest:
 def parse_infer(
     body: bytes,
     header_length: str | None,
+    input_name: str,
     n_features: int,
     feature_names: Sequence[str] | None,
     max_instances: int,
@@ -120,7 +121,7 @@ def parse_infer(
         refuse_lone_surrogates(json_part, "inference request")  # msgspec calls that "Input data was truncated"
         raise MalformedRequest(f"inference request is not valid JSON: {error}", {"field": "body"}) from None
     parameters = header.parameters or {}
-    features = _features(header.inputs, binary, n_features, feature_names, max_instances)
+    features = _features(header.inputs, binary, input_name, n_features, feature_names, max_instances)
     return InferRequest(header.id, features, _requested_outputs(header.outputs, parameters), _coverage(parameters))
 
 
@@ -141,20 +142,21 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 def _features(
     inputs: list[_Input],
     binary: bytes,
+    input_name: str,
     n_features: int,
     feature_names: Sequence[str] | None,
     max_instances: int,
 ) -> NDArray[np.float32]:
     names = [tensor.name for tensor in inputs]
-    if names != [INPUT_NAME]:
-        unknown = sorted(set(names) - {INPUT_NAME})
+    if names != [input_name]:
+        unknown = sorted(set(names) - {input_name})
         problem = f"unknown input(s) {', '.join(map(shown, unknown[:5]))}" if unknown else f"inputs {shown(names)}"
-        raise InvalidInput(f"{problem}: this model takes exactly one input, {INPUT_NAME!r} [-1, {n_features}]")
+        raise InvalidInput(f"{problem}: this model takes exactly one input, {input_name!r} [-1, {n_features}]")
     tensor = inputs[0]
-    dtype = _input_dtype(tensor.datatype)
+    dtype = _input_dtype(tensor.datatype, input_name)
     if len(tensor.shape) != 2 or tensor.shape[1] != n_features or tensor.shape[0] < 1:
         raise InvalidInput(
-            f"input {INPUT_NAME!r} must have shape [N, {n_features}] with N >= 1, got {shown(tensor.shape)}"
+            f"input {input_name!r} must have shape [N, {n_features}] with N >= 1, got {shown(tensor.shape)}"
         )
     check_instance_count(tensor.shape[0], max_instances)
     count = tensor.shape[0] * tensor.shape[1]
@@ -165,15 +167,14 @@ def _features(
         values = _json_values(tensor, dtype, count)
     matrix = values.reshape(tensor.shape[0], tensor.shape[1])
     if dtype.kind in "iu":
-        _check_exact(matrix)
-    return as_float32(np.asarray(matrix, dtype=np.float64), feature_names, field=INPUT_NAME)
+        _check_exact(matrix, input_name)
+    return as_float32(np.asarray(matrix, dtype=np.float64), feature_names, field=input_name)
 
 
-def _input_dtype(datatype: str) -> np.dtype[Any]:
+def _input_dtype(datatype: str, name: str) -> np.dtype[Any]:
     if datatype not in INPUT_DTYPES:
         raise InvalidInput(
-            f"datatype {shown(datatype)} is not accepted for input {INPUT_NAME!r}; use one of "
-            f"{', '.join(INPUT_DTYPES)}",
+            f"datatype {shown(datatype)} is not accepted for input {name!r}; use one of {', '.join(INPUT_DTYPES)}",
             {"field": "datatype"},
         )
     return np.dtype(INPUT_DTYPES[datatype])
@@ -195,11 +196,11 @@ def _binary_values(tensor: _Input, binary: bytes, dtype: np.dtype[Any], count: i
     expected = count * dtype.itemsize
     if size != expected:
         raise InvalidInput(
-            f"input {INPUT_NAME!r} declares binary_data_size {size}, but shape {tensor.shape} of "
+            f"input {tensor.name!r} declares binary_data_size {size}, but shape {tensor.shape} of "
             f"{tensor.datatype} takes {expected} bytes"
         )
     if len(tensor.data):
-        raise MalformedRequest(f"input {INPUT_NAME!r} has both binary_data_size and data; send one")
+        raise MalformedRequest(f"input {tensor.name!r} has both binary_data_size and data; send one")
     if len(binary) != expected:
         raise MalformedRequest(
             f"the body carries {len(binary)} bytes after the JSON, but the inputs declare {expected}",
@@ -210,7 +211,7 @@ def _binary_values(tensor: _Input, binary: bytes, dtype: np.dtype[Any], count: i
 
 def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[Any]:
     if not len(tensor.data):
-        raise InvalidInput(f"input {INPUT_NAME!r} has neither data nor binary_data_size")
+        raise InvalidInput(f"input {tensor.name!r} has neither data nor binary_data_size")
     if len(tensor.data) > OFF_LOOP_BYTES:
         _gate_values(tensor, count)
     integral = dtype.kind in "iu"
@@ -224,18 +225,18 @@ def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[An
         try:
             values = np.asarray(rows, dtype=_container(dtype)).ravel()
         except OverflowError:  # integers beyond the 64-bit container: UINT64 -1, INT64 2**63, any 2**64
-            _refuse_out_of_range(rows, decoder is _NESTED_INTS, dtype, tensor.datatype, tensor.shape[1])
+            _refuse_out_of_range(rows, decoder is _NESTED_INTS, dtype, tensor.datatype, tensor.shape[1], tensor.name)
             break
         except ValueError:
             break  # ragged rows
         if len(values) != count:
             raise InvalidInput(
-                f"input {INPUT_NAME!r} has {len(values)} values, but shape {tensor.shape} needs {count}",
+                f"input {tensor.name!r} has {len(values)} values, but shape {tensor.shape} needs {count}",
                 {"field": "data"},
             )
-        return _as_declared(values, dtype, tensor.datatype, tensor.shape[1])
+        return _as_declared(values, dtype, tensor.datatype, tensor.shape[1], tensor.name)
     raise InvalidInput(
-        f"input {INPUT_NAME!r} data must be {kind} ({tensor.datatype}) in a flat or row-nested list, row-major",
+        f"input {tensor.name!r} data must be {kind} ({tensor.datatype}) in a flat or row-nested list, row-major",
         {"field": "data"},
     )
 
@@ -259,7 +260,7 @@ def _gate_values(tensor: _Input, count: int) -> None:
     else:
         return
     raise InvalidInput(
-        f"input {INPUT_NAME!r} {problem}, but shape {tensor.shape} needs {count} in {rows} rows of {width}",
+        f"input {tensor.name!r} {problem}, but shape {tensor.shape} needs {count} in {rows} rows of {width}",
         {"field": "data"},
     )
 
@@ -271,7 +272,9 @@ def _container(dtype: np.dtype[Any]) -> type[np.generic]:
     return np.uint64 if dtype.kind == "u" else np.int64 if dtype.kind == "i" else np.float64
 
 
-def _refuse_out_of_range(rows: list[Any], nested: bool, dtype: np.dtype[Any], datatype: str, width: int) -> None:
+def _refuse_out_of_range(
+    rows: list[Any], nested: bool, dtype: np.dtype[Any], datatype: str, width: int, name: str
+) -> None:
     """422 naming the first integer of ``rows`` outside ``dtype`` (as ``_as_declared`` would word it)."""
     info = np.iinfo(dtype)
     flat = (value for row in rows for value in row) if nested else iter(rows)
@@ -279,12 +282,12 @@ def _refuse_out_of_range(rows: list[Any], nested: bool, dtype: np.dtype[Any], da
         if not info.min <= value <= info.max:
             row, column = divmod(position, width)
             raise InvalidInput(
-                f"{INPUT_NAME}[{row}][{column}] = {shown(value)} is outside the range of {datatype} ({dtype.name})",
-                {"field": f"{INPUT_NAME}[{row}][{column}]"},
+                f"{name}[{row}][{column}] = {shown(value)} is outside the range of {datatype} ({dtype.name})",
+                {"field": f"{name}[{row}][{column}]"},
             )
 
 
-def _as_declared(values: NDArray[Any], dtype: np.dtype[Any], datatype: str, width: int) -> NDArray[Any]:
+def _as_declared(values: NDArray[Any], dtype: np.dtype[Any], datatype: str, width: int, name: str) -> NDArray[Any]:
     """JSON numbers as the declared datatype, as the same tensor sent in binary would be: refused where
     that type cannot hold them (UINT8 300, FP16 70000), rounded where it can (FP16 0.1)."""
     if dtype.kind in "iu":
@@ -297,22 +300,22 @@ def _as_declared(values: NDArray[Any], dtype: np.dtype[Any], datatype: str, widt
         row, column = divmod(int(np.argmax(outside)), width)
         value = values[row * width + column].item()
         raise InvalidInput(
-            f"{INPUT_NAME}[{row}][{column}] = {value!r} is outside the range of {datatype} ({dtype.name})",
-            {"field": f"{INPUT_NAME}[{row}][{column}]"},
+            f"{name}[{row}][{column}] = {value!r} is outside the range of {datatype} ({dtype.name})",
+            {"field": f"{name}[{row}][{column}]"},
         )
     return values.astype(dtype)
 
 
-def _check_exact(matrix: NDArray[Any]) -> None:
+def _check_exact(matrix: NDArray[Any], name: str) -> None:
     """Integer inputs are accepted where float32 holds them exactly (the graph computes in float32)."""
     with np.errstate(invalid="ignore", over="ignore"):
         inexact = matrix.astype(np.float32).astype(matrix.dtype) != matrix
     if inexact.any():
         row, column = (int(v) for v in np.argwhere(inexact)[0])
         raise InvalidInput(
-            f"{INPUT_NAME}[{row}][{column}] = {int(matrix[row, column])} has no exact float32 value; "
+            f"{name}[{row}][{column}] = {int(matrix[row, column])} has no exact float32 value; "
             "send it as FP32 or FP64 if rounding is acceptable",
-            {"field": f"{INPUT_NAME}[{row}][{column}]"},
+            {"field": f"{name}[{row}][{column}]"},
         )
 
 
@@ -363,7 +366,7 @@ def model_metadata(engine: InferenceEngine) -> dict[str, Any]:
         "name": card.name,
         "versions": [card.version],
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, card.io.n_features]}],
+        "inputs": [{"name": card.io.input, "datatype": "FP32", "shape": [-1, card.io.n_features]}],
         "outputs": [
             {"name": name, "datatype": datatype, "shape": [-1, card.n_classes] if per_class else [-1]}
             for name, (datatype, per_class) in OUTPUTS.items()
@@ -376,10 +379,9 @@ def calibration_parameters(engine: InferenceEngine, coverage: float) -> dict[str
     card = engine.card
     after = card.test.after_temperature
     given = engine.coverage_given_card[coverage]
-    return {
+    parameters: dict[str, Any] = {
         "model_version": card.version,
         "temperature": card.temperature.value,
-        "label_smoothing": card.training.label_smoothing,
         "ece": after.ece.value,
         "ece_lower": after.ece.lower,
         "ece_upper": after.ece.upper,
@@ -392,6 +394,9 @@ def calibration_parameters(engine: InferenceEngine, coverage: float) -> dict[str
         "conformal_guarantee": engine.conformal_guarantee,
         "abstain_threshold": engine.abstain_threshold,
     }
+    if card.label_smoothing is not None:  # a parameter is a scalar: an imported model's unknown smoothing is left out
+        parameters["label_smoothing"] = card.label_smoothing
+    return parameters
 
 
 def encode_infer_response(

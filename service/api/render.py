@@ -20,8 +20,8 @@ def model_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any]:
         "name": card.name,
         "version": card.version,
         "temperature": card.temperature.value,
-        "label_smoothing": card.training.label_smoothing,
-        "smoothing_prior": card.training.smoothing_prior,
+        "label_smoothing": card.label_smoothing,
+        "smoothing_prior": card.smoothing_prior,
         "ece": {
             "value": after.ece.value,
             "lower": after.ece.lower,

@@ -139,8 +139,10 @@ class ModelSummary(BaseModel):
     name: str
     version: str
     temperature: float
-    label_smoothing: float
-    smoothing_prior: str
+    label_smoothing: float | None = Field(
+        description="label smoothing the model was trained with; null for an imported model that did not declare it"
+    )
+    smoothing_prior: str | None = Field(description="the smoothing prior (uniform or empirical); null when imported")
     ece: EceSummary = Field(description="card's test ECE after temperature scaling (15 bins)")
     coverage: float = Field(
         description="nominal coverage of the prediction sets: met on average over calibration sets (see `conformal`)"

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from service.card import (
     CARD_METADATA_KEY,
-    INPUT_NAME,
     LOGITS_OUTPUT,
     PROBABILITIES_OUTPUT,
     CalibrationCard,
@@ -79,11 +78,18 @@ def _check_card_matches(model_path: Path, card: CalibrationCard, digest: str, se
     if card.version != digest:
         problems.append(f"card version {card.version[:12]}… does not match the model's sha256 {digest[:12]}…")
     inputs = session.get_inputs()
-    if [i.name for i in inputs] != [INPUT_NAME]:
-        problems.append(f"inputs are {[i.name for i in inputs]}, expected [{INPUT_NAME!r}]")
+    name = card.io.input
+    if [i.name for i in inputs] != [name]:
+        problems.append(f"inputs are {[i.name for i in inputs]}, expected [{name!r}]")
     elif inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 2 or inputs[0].shape[1] != card.io.n_features:
         problems.append(
-            f"input {INPUT_NAME!r} is {inputs[0].type} {inputs[0].shape}, card says float [N, {card.io.n_features}]"
+            f"input {name!r} is {inputs[0].type} {inputs[0].shape}, card says float [N, {card.io.n_features}]"
+        )
+    if card.io.input_dtype != "float32" or len(card.io.instance_shape) != 1:
+        # calibrate writes any single input; serving reads flat float32 rows so far (issue 13 continues).
+        problems.append(
+            f"input {name!r} is {card.io.input_dtype} {list(card.io.input_shape or ())}: serving takes a flat "
+            "float32 [N, F] input so far; other shapes and dtypes are not served yet"
         )
     outputs = {o.name: o for o in session.get_outputs()}
     for name in (LOGITS_OUTPUT, PROBABILITIES_OUTPUT):

@@ -19,7 +19,7 @@ from service.calibration.binomial import binomial_tail, clopper_pearson_lower, s
 from service.calibration.conformal import CoverageGivenCard, coverage_given_card
 from service.calibration.metrics import ReliabilityBin, bin_indices
 from service.calibration.reference import SelectiveRow
-from service.card import INPUT_NAME, LOGITS_OUTPUT, PROBABILITIES_OUTPUT, CalibrationCard
+from service.card import LOGITS_OUTPUT, PROBABILITIES_OUTPUT, CalibrationCard
 from service.errors import ConfigurationError, InvalidInput
 from service.inference.artifact import LoadedArtifact
 
@@ -365,7 +365,8 @@ class InferenceEngine:
         """One onnxruntime call; rows whose output is not finite are flagged, not raised, so that a batch
         of several requests can fail only the request that owns them."""
         logits, probabilities = self._session.run(
-            [LOGITS_OUTPUT, PROBABILITIES_OUTPUT], {INPUT_NAME: np.ascontiguousarray(features, dtype=np.float32)}
+            [LOGITS_OUTPUT, PROBABILITIES_OUTPUT],
+            {self.card.io.input: np.ascontiguousarray(features, dtype=np.float32)},
         )
         probs = np.asarray(probabilities, dtype=np.float64)
         broken: NDArray[np.bool_] = np.asarray(~np.isfinite(probs).all(axis=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,7 +23,9 @@ from service.calibration.reference import confidence_histogram, selective_predic
 from service.calibration.temperature import softmax
 from service.calibration.uncertainty import CalibrationSummary, summarize
 from service.training.model import architecture_name
-from service.training.train import TrainingRun
+
+if TYPE_CHECKING:  # the trainer imports torch; calibrate uses this module without it
+    from service.training.train import TrainingRun
 
 N_BINS = 15
 INTERVAL_LEVEL = 0.9
@@ -83,7 +86,11 @@ def build_card(run: TrainingRun, name: str, version: str, created: datetime | No
         created=created or datetime.now(UTC),
         producer=f"calibserve {__version__}",
         classes=dataset.class_names,
-        io=c.IOInfo(n_features=dataset.features.shape[1], feature_names=dataset.feature_names),
+        io=c.IOInfo(
+            n_features=dataset.features.shape[1],
+            feature_names=dataset.feature_names,
+            input_shape=(-1, dataset.features.shape[1]),
+        ),
         dataset=c.DatasetInfo(
             name=dataset.name,
             n_samples=len(dataset.labels),
@@ -118,13 +125,13 @@ def build_card(run: TrainingRun, name: str, version: str, created: datetime | No
             before_temperature=split_metrics(before, test_labels, config.seed),
             after_temperature=split_metrics(after, test_labels, config.seed),
         ),
-        conformal=_conformal(calibration_probs, calibration_labels, after, test_labels),
+        conformal=conformal_summaries(calibration_probs, calibration_labels, after, test_labels),
         selective=selective_prediction_table(after, test_labels),
-        reference=_reference(after, dataset.n_classes),
+        reference=reference_distribution(after, dataset.n_classes),
     )
 
 
-def _conformal(
+def conformal_summaries(
     calibration_probs: NDArray[np.float64],
     calibration_labels: NDArray[np.int64],
     test_probs: NDArray[np.float64],
@@ -171,7 +178,7 @@ def _pac(
     )
 
 
-def _reference(probs: NDArray[np.float64], n_classes: int) -> c.ReferenceDistribution:
+def reference_distribution(probs: NDArray[np.float64], n_classes: int) -> c.ReferenceDistribution:
     confidences = probs.max(axis=1)
     predicted = np.bincount(probs.argmax(axis=1), minlength=n_classes) / len(probs)
     return c.ReferenceDistribution(

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +22,6 @@ import torch
 from numpy.typing import NDArray
 
 from service.card import (
-    CARD_METADATA_KEY,
     INPUT_NAME,
     LOGITS_OUTPUT,
     PROBABILITIES_OUTPUT,
@@ -33,8 +30,8 @@ from service.card import (
 )
 from service.errors import ArtifactError
 from service.training.evaluate import build_card
+from service.training.files import embed_card, write_artifact_files
 from service.training.model import CalibratedClassifier
-from service.training.report import write_reliability_png, write_report
 from service.training.train import TrainingRun
 
 PARITY_TOLERANCE = 1e-5
@@ -77,13 +74,6 @@ def export_onnx(run: TrainingRun) -> bytes:
     return bytes(model.SerializeToString(deterministic=True))
 
 
-def embed_card(model_bytes: bytes, card: CalibrationCard) -> bytes:
-    model = onnx.load_from_string(model_bytes)
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, {CARD_METADATA_KEY: card.to_json()})
-    return bytes(model.SerializeToString(deterministic=True))
-
-
 def onnx_probabilities(model_bytes: bytes, features: NDArray[np.float64]) -> NDArray[np.float32]:
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     (probabilities,) = session.run([PROBABILITIES_OUTPUT], {INPUT_NAME: features.astype(np.float32)})
@@ -110,18 +100,5 @@ def write_artifact(run: TrainingRun, output_dir: Path, name: str, created: datet
             {"max_abs_difference": difference},
         )
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=output_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it owner-only; a container user must be able to read the model
-    try:
-        (staging / "model.onnx").write_bytes(model_bytes)
-        (staging / "card.json").write_text(card.to_json() + "\n", encoding="utf-8")
-        write_reliability_png(run, card, staging / "reliability.png")
-        write_report(card, staging / "REPORT.md")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_artifact_files(output_dir, model_bytes, card)
     return Artifact(output_dir, output_dir / "model.onnx", card, difference)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from service.calibration.uncertainty import MetricEstimate
-from service.card import CalibrationCard, SplitMetrics
-
-if TYPE_CHECKING:
-    from service.training.train import TrainingRun
+from service.card import CalibrationCard, SplitMetrics, provenance
 
 
-def write_reliability_png(run: TrainingRun, card: CalibrationCard, path: Path) -> None:
+def write_reliability_png(card: CalibrationCard, path: Path) -> None:
     """Reliability diagram before and after temperature scaling, side by side, with bin counts."""
     import matplotlib
 
@@ -94,10 +90,7 @@ def render_report(card: CalibrationCard) -> str:
         f"- data: {card.dataset.name}, {card.dataset.n_samples} samples, {card.io.n_features} features, "
         f"{len(card.classes)} classes; split train / calibration / test = {card.dataset.n_train} / "
         f"{card.dataset.n_calibration} / {card.dataset.n_test} (stratified, seed {card.dataset.split_seed})",
-        f"- model: {card.training.architecture}, dropout {card.training.dropout}, Adam lr "
-        f"{card.training.learning_rate}, {card.training.epochs} epochs, batch {card.training.batch_size}, "
-        f"seed {card.training.seed}",
-        f"- label smoothing: alpha = {card.training.label_smoothing} towards the {card.training.smoothing_prior} prior",
+        *_provenance(card),
         f"- temperature: T = {t.value:.4f} fitted on {t.n} calibration samples (NLL {t.nll_before:.4f} -> "
         f"{t.nll_after:.4f}); the trained network was {direction}",
         "",
@@ -166,6 +159,17 @@ def render_report(card: CalibrationCard) -> str:
         lines.append(f"| {row.threshold:.2f} | {row.coverage:.4f} | {accuracy} | {row.n} |")
     lines += ["", "![reliability diagram](reliability.png)", ""]
     return "\n".join(lines)
+
+
+def _provenance(card: CalibrationCard) -> list[str]:
+    if card.training is None:
+        return [f"- imported model: {provenance(card)}"]
+    t = card.training
+    return [
+        f"- model: {t.architecture}, dropout {t.dropout}, Adam lr {t.learning_rate}, {t.epochs} epochs, batch "
+        f"{t.batch_size}, seed {t.seed}",
+        f"- label smoothing: alpha = {t.label_smoothing} towards the {t.smoothing_prior} prior",
+    ]
 
 
 def write_report(card: CalibrationCard, path: Path) -> None:

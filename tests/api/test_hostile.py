@@ -403,7 +403,7 @@ def test_json_and_binary_tensors_agree_on_64_bit_extremes(
     for binary in (False, True):
         body, length = infer_request(datatype, value, binary)
         try:
-            parsed.append(parse_infer(body, length, 64, None, 1000).features)
+            parsed.append(parse_infer(body, length, "features", 64, None, 1000).features)
         except InvalidInput as error:
             parsed.append(error.message)
     assert isinstance(parsed[0], np.ndarray) == accepted, parsed[0]

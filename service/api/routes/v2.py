@@ -116,7 +116,7 @@ async def infer_response(request: Request, name: str, version: str | None) -> Re
     max_instances: int = request.app.state.settings.max_instances
     declared = request.headers.get(HEADER_LENGTH)
     parsed = await parse_off_loop(
-        body, partial(parse_infer, body, declared, io.n_features, io.feature_names, max_instances)
+        body, partial(parse_infer, body, declared, io.input, io.n_features, io.feature_names, max_instances)
     )
     coverage = engine.resolve_coverage(parsed.coverage if parsed.coverage is not None else min(engine.coverages))
     scored = await get_predictor(request).predict(parsed.features, coverage)
