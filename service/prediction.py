@@ -1,6 +1,7 @@
-"""The one path from a request's feature matrix to calibrated, logged predictions.
+"""The one path from a request's input to calibrated, logged predictions.
 
-Every protocol (``/v1`` JSON and binary, and later ``/v2``) calls ``Predictor.predict``; micro-batching,
+Every protocol (``/v1`` JSON and binary, and ``/v2``) calls ``Predictor.predict`` with the model's input as
+its codec decoded it (``[N, *instance]`` of the declared dtype: ``InputSignature``); micro-batching,
 the engine's per-request error isolation and the prediction log sit behind it, so no route has a
 second copy of that logic. The batch function runs on the inference thread: logging rows there too
 means a full log queue ("wait" policy) slows inference down instead of blocking the event loop.
@@ -21,7 +22,7 @@ from service.inference.engine import BatchPrediction, InferenceEngine
 from service.monitoring import prometheus as metrics
 from service.monitoring.monitor import Monitor
 
-Job = tuple[NDArray[np.float32], float]  # (features [N, F], conformal coverage)
+Job = tuple[NDArray[Any], float]  # (input [N, *instance] of the declared dtype, conformal coverage)
 # Batches of many small requests get their Python values made once, on the inference thread; a big
 # request makes its own only if its answer is JSON (an .npz answer needs none).
 EAGER_VALUES_ROWS = 256
@@ -57,7 +58,7 @@ class Predictor:
             queue_timeout_s=queue_timeout_s,
         )
 
-    async def predict(self, features: NDArray[np.float32], coverage: float) -> Scored:
+    async def predict(self, features: NDArray[Any], coverage: float) -> Scored:
         """Scored rows, or ``Overloaded`` (counted in /metrics by reason) when the queue sheds the request."""
         try:
             return await self.batcher.submit((features, coverage))
@@ -72,13 +73,19 @@ class Predictor:
         if not done:
             return [outcome for outcome in outcomes if isinstance(outcome, InvalidInput)]
         parts = [outcome for _, outcome in done]
-        features = [jobs[i][0] for i, _ in done]
-        ids = self.monitor.record(
-            _joined([part.class_index for part in parts]),
-            _joined([part.confidence for part in parts]),
-            _joined([part.probabilities for part in parts]),
-            _joined(features),
-        )
+        dtype = self.engine.signature.dtype  # what the graph was fed (a direct caller's float64 was converted)
+        features = [np.asarray(jobs[i][0], dtype=dtype) for i, _ in done]
+        if all(part.shape[1:] == features[0].shape[1:] for part in features):
+            ids = self.monitor.record(
+                _joined([part.class_index for part in parts]),
+                _joined([part.confidence for part in parts]),
+                _joined([part.probabilities for part in parts]),
+                _joined(features),
+            )
+        else:  # instances differing in a free dimension (sequence lengths) cannot be stacked: one record each
+            ids = []
+            for part, inputs in zip(parts, features, strict=True):
+                ids += self.monitor.record(part.class_index, part.confidence, part.probabilities, inputs)
         scored: dict[int, Scored] = {}
         start = 0
         small = sum(len(outcome) for _, outcome in done) <= EAGER_VALUES_ROWS

@@ -10,8 +10,9 @@ its "Binary Tensor Data Extension" (the same documents Triton and MLServer imple
 
 from __future__ import annotations
 
+import functools
+import math
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from service import __version__
 from service.api.parsing import (
     OFF_LOOP_BYTES,
     as_float,
-    check_instance_count,
+    gate_nested,
     is_array,
     parse_count,
     raw_items,
@@ -33,12 +34,13 @@ from service.api.parsing import (
 from service.card import LOGITS_OUTPUT, PROBABILITIES_OUTPUT
 from service.errors import InvalidInput, MalformedRequest
 from service.inference.engine import BatchPrediction, InferenceEngine
-from service.inference.features import as_float32
+from service.inference.inputs import InputSignature, check_instance_count, short_number, to_dtype
 
 PLATFORM = "onnx_onnxv1"
 HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ("binary_tensor_data",)
-# Tensor datatypes accepted for the features input, as little-endian numpy dtypes.
+# Tensor datatypes accepted for the input (whatever its own type: values are converted exactly, see
+# service.inference.inputs), as little-endian numpy dtypes.
 INPUT_DTYPES = {
     "FP16": "<f2",
     "FP32": "<f4",
@@ -62,6 +64,8 @@ OUTPUTS: dict[str, tuple[str, bool]] = {
     "expected_accuracy": ("FP32", False),
     "prediction_id": ("BYTES", False),
 }
+# The protocol's name for each input dtype a card can declare (model metadata).
+DATATYPE_OF = {np.dtype(code).name: datatype for datatype, code in INPUT_DTYPES.items()}
 DEFAULT_OUTPUTS = (PROBABILITIES_OUTPUT, "label", "confidence")
 PREDICTION_SET_SEPARATOR = ","
 
@@ -87,16 +91,23 @@ class _Header(msgspec.Struct):
 
 
 _HEADER = msgspec.json.Decoder(_Header)
-_FLAT_FLOATS = msgspec.json.Decoder(list[float])
-_NESTED_FLOATS = msgspec.json.Decoder(list[list[float]])
-_FLAT_INTS = msgspec.json.Decoder(list[int])
-_NESTED_INTS = msgspec.json.Decoder(list[list[int]])
+
+
+@functools.lru_cache(maxsize=16)
+def _data_decoders(rank: int, integral: bool) -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]:
+    """Decoders of a tensor's JSON data: flat, and nested to the tensor's rank (rows of a matrix, or
+    ``[N][1][8][8]``), of integers or of numbers."""
+    element: Any = int if integral else float
+    nested: Any = element
+    for _ in range(rank):
+        nested = list[nested]
+    return msgspec.json.Decoder(list[element]), msgspec.json.Decoder(nested)
 
 
 @dataclass(frozen=True, slots=True)
 class InferRequest:
     id: str | None
-    features: NDArray[np.float32]
+    features: NDArray[Any]  # the model's input, [N, *instance] of its declared dtype
     outputs: tuple[tuple[str, bool], ...]  # (name, as binary)
     coverage: float | None  # calibserve's extension parameter; None: the card's default level
 
@@ -104,14 +115,7 @@ class InferRequest:
 # -- requests ------------------------------------------------------------------------------------------
 
 
-def parse_infer(
-    body: bytes,
-    header_length: str | None,
-    input_name: str,
-    n_features: int,
-    feature_names: Sequence[str] | None,
-    max_instances: int,
-) -> InferRequest:
+def parse_infer(body: bytes, header_length: str | None, signature: InputSignature, max_instances: int) -> InferRequest:
     json_part, binary = _split(body, header_length)
     try:
         header = _HEADER.decode(json_part)
@@ -121,7 +125,7 @@ def parse_infer(
         refuse_lone_surrogates(json_part, "inference request")  # msgspec calls that "Input data was truncated"
         raise MalformedRequest(f"inference request is not valid JSON: {error}", {"field": "body"}) from None
     parameters = header.parameters or {}
-    features = _features(header.inputs, binary, input_name, n_features, feature_names, max_instances)
+    features = _features(header.inputs, binary, signature, max_instances)
     return InferRequest(header.id, features, _requested_outputs(header.outputs, parameters), _coverage(parameters))
 
 
@@ -139,42 +143,37 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _features(
-    inputs: list[_Input],
-    binary: bytes,
-    input_name: str,
-    n_features: int,
-    feature_names: Sequence[str] | None,
-    max_instances: int,
-) -> NDArray[np.float32]:
+def _features(inputs: list[_Input], binary: bytes, signature: InputSignature, max_instances: int) -> NDArray[Any]:
+    """The one input tensor, as the model's declared dtype and shape: its values are read as the datatype the
+    request declares (refused where that type cannot hold them: UINT8 300), then converted to the model's
+    type by the rule every path follows (``InputSignature.convert``: exact, or refused)."""
+    input_name = signature.name
     names = [tensor.name for tensor in inputs]
     if names != [input_name]:
         unknown = sorted(set(names) - {input_name})
         problem = f"unknown input(s) {', '.join(map(shown, unknown[:5]))}" if unknown else f"inputs {shown(names)}"
-        raise InvalidInput(f"{problem}: this model takes exactly one input, {input_name!r} [-1, {n_features}]")
-    tensor = inputs[0]
-    dtype = _input_dtype(tensor.datatype, input_name)
-    if len(tensor.shape) != 2 or tensor.shape[1] != n_features or tensor.shape[0] < 1:
         raise InvalidInput(
-            f"input {input_name!r} must have shape [N, {n_features}] with N >= 1, got {shown(tensor.shape)}"
+            f"{problem}: this model takes exactly one input, {input_name!r} "
+            f"{DATATYPE_OF[signature.dtype.name]} {list(signature.shape)}"
         )
+    tensor = inputs[0]
+    dtype = _input_dtype(tensor.datatype, signature)
+    signature.check_batch_shape(tensor.shape, f"input {input_name!r}", "shape")
     check_instance_count(tensor.shape[0], max_instances)
-    count = tensor.shape[0] * tensor.shape[1]
+    count = math.prod(tensor.shape)
     values = _binary_values(tensor, binary, dtype, count) if _binary_size(tensor) is not None else None
     if values is None:
         if binary:
             raise MalformedRequest(f"{len(binary)} bytes of binary data follow the JSON, but no input declares them")
         values = _json_values(tensor, dtype, count)
-    matrix = values.reshape(tensor.shape[0], tensor.shape[1])
-    if dtype.kind in "iu":
-        _check_exact(matrix, input_name)
-    return as_float32(np.asarray(matrix, dtype=np.float64), feature_names, field=input_name)
+    return signature.convert(values, input_name, as_float="FP32 or FP64")
 
 
-def _input_dtype(datatype: str, name: str) -> np.dtype[Any]:
+def _input_dtype(datatype: str, signature: InputSignature) -> np.dtype[Any]:
     if datatype not in INPUT_DTYPES:
         raise InvalidInput(
-            f"datatype {shown(datatype)} is not accepted for input {name!r}; use one of {', '.join(INPUT_DTYPES)}",
+            f"datatype {shown(datatype)} is not accepted for input {signature.name!r}; use one of "
+            f"{', '.join(INPUT_DTYPES)} (the model's own is {DATATYPE_OF[signature.dtype.name]})",
             {"field": "datatype"},
         )
     return np.dtype(INPUT_DTYPES[datatype])
@@ -206,18 +205,18 @@ def _binary_values(tensor: _Input, binary: bytes, dtype: np.dtype[Any], count: i
             f"the body carries {len(binary)} bytes after the JSON, but the inputs declare {expected}",
             {"field": "body"},
         )
-    return np.frombuffer(binary, dtype=dtype, count=count)
+    return np.frombuffer(binary, dtype=dtype, count=count).reshape(tensor.shape)
 
 
 def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[Any]:
+    """The tensor's JSON data, flat or nested to its rank (row-major), as the declared datatype."""
     if not len(tensor.data):
         raise InvalidInput(f"input {tensor.name!r} has neither data nor binary_data_size")
     if len(tensor.data) > OFF_LOOP_BYTES:
         _gate_values(tensor, count)
     integral = dtype.kind in "iu"
     kind = "integers" if integral else "numbers"
-    decoders = (_FLAT_INTS, _NESTED_INTS) if integral else (_FLAT_FLOATS, _NESTED_FLOATS)
-    for decoder in decoders:
+    for decoder in _data_decoders(len(tensor.shape), integral):
         try:
             rows = decoder.decode(tensor.data)
         except msgspec.ValidationError:
@@ -225,7 +224,7 @@ def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[An
         try:
             values = np.asarray(rows, dtype=_container(dtype)).ravel()
         except OverflowError:  # integers beyond the 64-bit container: UINT64 -1, INT64 2**63, any 2**64
-            _refuse_out_of_range(rows, decoder is _NESTED_INTS, dtype, tensor.datatype, tensor.shape[1], tensor.name)
+            _refuse_out_of_range(rows, dtype, tensor)
             break
         except ValueError:
             break  # ragged rows
@@ -234,29 +233,36 @@ def _json_values(tensor: _Input, dtype: np.dtype[Any], count: int) -> NDArray[An
                 f"input {tensor.name!r} has {len(values)} values, but shape {tensor.shape} needs {count}",
                 {"field": "data"},
             )
-        return _as_declared(values, dtype, tensor.datatype, tensor.shape[1], tensor.name)
+        label = f"{tensor.datatype} ({dtype.name})"
+        return to_dtype(values.reshape(tensor.shape), dtype, tensor.name, label=label, as_float="FP32 or FP64")
+    nesting = "row-nested" if len(tensor.shape) == 2 else f"nested {len(tensor.shape)} deep"
     raise InvalidInput(
-        f"input {tensor.name!r} data must be {kind} ({tensor.datatype}) in a flat or row-nested list, row-major",
+        f"input {tensor.name!r} data must be {kind} ({tensor.datatype}) in a flat or {nesting} list, row-major",
         {"field": "data"},
     )
 
 
 def _gate_values(tensor: _Input, count: int) -> None:
-    """More values than the shape needs, flat or in a row, refused before any is decoded (``raw_items``:
-    a row of two million numbers costs microseconds to refuse instead of 100+ ms and 50 MB)."""
+    """More values than the shape needs, flat or in a row (or deeper), refused before any is decoded
+    (``raw_items``: a row of two million numbers costs microseconds to refuse instead of 100+ ms and 50 MB)."""
     if not is_array(tensor.data):
         return
     items = raw_items(tensor.data, count)
-    rows, width = tensor.shape
+    rows = tensor.shape[0]
+    width = count // rows if rows else 0
     if items is None:
         problem = f"has more than {count} values"
-    elif items and is_array(items[0]) and len(items) > rows:  # row-nested
+    elif items and is_array(items[0]) and len(items) > rows:  # nested
         problem = f"has {len(items)} rows"
     elif items and is_array(items[0]):
-        wide = (i for i, row in enumerate(items) if is_array(row) and raw_items(row, width) is None)
-        if (too_long := next(wide, None)) is None:
+        inner = tensor.shape[1:]
+        wide = ((i, gate_nested(row, inner, f"row {i}")) for i, row in enumerate(items))
+        found = next((where for _, where in wide if where is not None), None)
+        if found is None:
             return
-        problem = f"row {too_long} has more than {width} values"
+        at, limit = found
+        what = "values" if len(inner) == 1 else "items in a list"
+        problem = f"{at} has more than {limit} {what}"
     else:
         return
     raise InvalidInput(
@@ -272,51 +278,35 @@ def _container(dtype: np.dtype[Any]) -> type[np.generic]:
     return np.uint64 if dtype.kind == "u" else np.int64 if dtype.kind == "i" else np.float64
 
 
-def _refuse_out_of_range(
-    rows: list[Any], nested: bool, dtype: np.dtype[Any], datatype: str, width: int, name: str
-) -> None:
-    """422 naming the first integer of ``rows`` outside ``dtype`` (as ``_as_declared`` would word it)."""
+def _refuse_out_of_range(rows: list[Any], dtype: np.dtype[Any], tensor: _Input) -> None:
+    """422 naming the first integer of ``rows`` (flat or nested) outside ``dtype``, as ``to_dtype`` words it."""
     info = np.iinfo(dtype)
-    flat = (value for row in rows for value in row) if nested else iter(rows)
-    for position, value in enumerate(flat):
+    for position, value in enumerate(_flattened(rows)):
         if not info.min <= value <= info.max:
-            row, column = divmod(position, width)
+            at = tensor.name + "".join(f"[{i}]" for i in _unravel(position, tensor.shape))
             raise InvalidInput(
-                f"{name}[{row}][{column}] = {shown(value)} is outside the range of {datatype} ({dtype.name})",
-                {"field": f"{name}[{row}][{column}]"},
+                f"{at} = {short_number(value)} is outside the range of {tensor.datatype} ({dtype.name}) "
+                f"({info.min}..{info.max})",
+                {"field": at},
             )
 
 
-def _as_declared(values: NDArray[Any], dtype: np.dtype[Any], datatype: str, width: int, name: str) -> NDArray[Any]:
-    """JSON numbers as the declared datatype, as the same tensor sent in binary would be: refused where
-    that type cannot hold them (UINT8 300, FP16 70000), rounded where it can (FP16 0.1)."""
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        outside = (values < info.min) | (values > info.max)
-    else:
-        with np.errstate(over="ignore"):
-            outside = np.isfinite(values) & ~np.isfinite(values.astype(dtype))
-    if outside.any():
-        row, column = divmod(int(np.argmax(outside)), width)
-        value = values[row * width + column].item()
-        raise InvalidInput(
-            f"{name}[{row}][{column}] = {value!r} is outside the range of {datatype} ({dtype.name})",
-            {"field": f"{name}[{row}][{column}]"},
-        )
-    return values.astype(dtype)
+def _flattened(rows: list[Any]) -> Any:
+    for item in rows:
+        if isinstance(item, list):
+            yield from _flattened(item)
+        else:
+            yield item
 
 
-def _check_exact(matrix: NDArray[Any], name: str) -> None:
-    """Integer inputs are accepted where float32 holds them exactly (the graph computes in float32)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        inexact = matrix.astype(np.float32).astype(matrix.dtype) != matrix
-    if inexact.any():
-        row, column = (int(v) for v in np.argwhere(inexact)[0])
-        raise InvalidInput(
-            f"{name}[{row}][{column}] = {int(matrix[row, column])} has no exact float32 value; "
-            "send it as FP32 or FP64 if rounding is acceptable",
-            {"field": f"{name}[{row}][{column}]"},
-        )
+def _unravel(position: int, shape: list[int]) -> list[int]:
+    """Row-major index of the ``position``-th value of ``shape`` (Python ints: the shape passed its checks,
+    but ``np.unravel_index`` wants it in intp)."""
+    index = []
+    for dim in reversed(shape[1:]):
+        position, i = divmod(position, dim)
+        index.append(i)
+    return [position, *reversed(index)]
 
 
 def _requested_outputs(outputs: list[_Output] | None, parameters: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
@@ -361,12 +351,17 @@ def server_metadata() -> dict[str, Any]:
 
 
 def model_metadata(engine: InferenceEngine) -> dict[str, Any]:
+    """The model as the protocol describes it: the input's true name, datatype and shape (-1: any size, the
+    batch first), and the outputs every request may ask for."""
     card = engine.card
+    signature = engine.signature
     return {
         "name": card.name,
         "versions": [card.version],
         "platform": PLATFORM,
-        "inputs": [{"name": card.io.input, "datatype": "FP32", "shape": [-1, card.io.n_features]}],
+        "inputs": [
+            {"name": signature.name, "datatype": DATATYPE_OF[signature.dtype.name], "shape": list(signature.shape)}
+        ],
         "outputs": [
             {"name": name, "datatype": datatype, "shape": [-1, card.n_classes] if per_class else [-1]}
             for name, (datatype, per_class) in OUTPUTS.items()

@@ -1,8 +1,9 @@
 """An OpenAPI document that describes the loaded model, not just any model.
 
-The generic schema cannot know that this server wants rows of exactly F numbers, these feature names,
-these conformal levels and at most K for ``top_k``. Once the model is loaded we write those facts
-into the document, so a client generated from it (or a schema-based fuzzer) sends what is accepted.
+The generic schema cannot know that this server wants instances of exactly this shape (64 numbers, or
+``[1, 8, 8]`` nested lists), of this type (float32 range, or int64 integers), these feature names, these
+conformal levels and at most K for ``top_k``. Once the model is loaded we write those facts into the
+document, so a client generated from it (or a schema-based fuzzer) sends what is accepted.
 """
 
 from __future__ import annotations
@@ -11,29 +12,60 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI
 
 from service.api.schemas import PredictRequest
 from service.card import CalibrationCard
-from service.inference.features import FLOAT32_MAX  # the graph takes float32: larger magnitudes get a 422
+from service.inference.inputs import FLOAT32_MAX, FREE, InputSignature
 
-FEATURE = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+FEATURE = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}  # a float32 input's value
+
+
+def value_schema(signature: InputSignature) -> dict[str, Any]:
+    """One value of the input: an integer in its type's range, or a number its float type holds (larger
+    magnitudes get a 422). An integer literal must also be one the float type holds exactly."""
+    if signature.integral:
+        info = np.iinfo(signature.dtype)
+        return {"type": "integer", "minimum": int(info.min), "maximum": int(info.max)}
+    largest = float(np.finfo(signature.dtype).max)
+    exact = 2 ** (np.finfo(signature.dtype).nmant + 1)
+    return {
+        "type": "number",
+        "minimum": -largest,
+        "maximum": largest,
+        "description": f"a {signature.dtype.name} value; an integer literal beyond ±{exact} must be one "
+        f"{signature.dtype.name} holds exactly (write it with a decimal point if rounding is acceptable)",
+    }
+
+
+def instance_schema(signature: InputSignature) -> dict[str, Any]:
+    """One instance as nested arrays of the instance's shape (a free dimension: any length >= 1)."""
+    schema = value_schema(signature)
+    for dim in reversed(signature.instance_shape):
+        schema = {"type": "array", "items": schema, "minItems": 1 if dim == FREE else dim}
+        if dim != FREE:
+            schema["maxItems"] = dim
+    return schema
 
 
 def describe_model(schema: dict[str, Any], card: CalibrationCard, max_instances: int) -> dict[str, Any]:
     schema = copy.deepcopy(schema)
+    signature = InputSignature.of(card.io)
     request = schema["components"]["schemas"]["PredictRequest"]["properties"]
     instances = request["instances"]
     instances["maxItems"] = max_instances
     as_list, as_object = instances["items"]["oneOf"]
-    as_list["minItems"] = as_list["maxItems"] = card.io.n_features
-    as_list["items"] = dict(FEATURE)
-    if card.io.feature_names is None:
-        instances["items"] = as_list
+    described = instance_schema(signature)
+    if not signature.is_flat or signature.feature_names is None:
+        instances["items"] = described
+        instances["description"] = f"instances of shape {signature.instance_text}, {signature.dtype.name}"
     else:
+        as_list.clear()
+        as_list.update(described)
         as_object.pop("additionalProperties", None)
-        as_object["properties"] = {name: dict(FEATURE) for name in card.io.feature_names}
-        as_object["required"] = list(card.io.feature_names)
+        as_object["properties"] = {name: value_schema(signature) for name in signature.feature_names}
+        as_object["required"] = list(signature.feature_names)
         as_object["additionalProperties"] = False
     request["coverage"]["enum"] = [level.coverage for level in card.conformal]
     request["coverage"]["default"] = min(level.coverage for level in card.conformal)

@@ -1,13 +1,16 @@
-"""Request bodies -> (options, float32 feature matrix), fast where the body is well formed.
+"""Request bodies -> (options, instances), fast where the body is well formed.
 
 JSON: msgspec decodes a well-formed body straight into typed lists in one C pass (it refuses booleans,
-strings, null, NaN and unknown keys where pydantic's strict model does), and numpy stacks the rows. A
-body msgspec refuses is decoded again the slow way, ``json.loads`` plus the strict pydantic
-``PredictRequest``, only to produce the precise error message: so every refusal reads as it always
-has, and a valid body never pays for pydantic's element-by-element validation.
+strings, null, NaN and unknown keys where pydantic's strict model does), and the model's
+``InputSignature`` turns the instances into its input (``from_json``: shape, dtype, exactness). The
+typed lists follow the signature: nested to the instance's rank, floats or integers as the input is. A
+body msgspec refuses is decoded again the slow way, ``json.loads`` plus the strict pydantic request
+model (``schemas.request_model``), only to produce the precise error message: so every refusal reads as
+it always has, and a valid body never pays for pydantic's element-by-element validation.
 
-Binary: ``application/x-npy`` carries the [N, F] feature matrix as a NumPy ``.npy`` file, with the
-options in the query string, for bulk scoring without JSON floats.
+Binary: ``application/x-npy`` carries the ``[N, *instance]`` input as a NumPy ``.npy`` file, with the
+options in the query string, for bulk scoring without JSON floats; the signature converts it (``convert``)
+by the same rules as JSON and ``/v2``.
 
 Hostile input gets a 4xx, never a 500 or a stall. Every JSON body the service decodes the slow way goes
 through ``load_json`` (integers past CPython's 4300-digit limit, lone UTF-16 surrogates, invalid UTF-8 and
@@ -40,9 +43,16 @@ import pydantic
 from numpy.typing import NDArray
 
 from service.api.errors import invalid_request
-from service.api.schemas import FeedbackItem, FeedbackRequest, PredictRequest
+from service.api.schemas import FeedbackItem, FeedbackRequest, PredictRequest, request_model
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge, ServiceError
-from service.inference.features import as_float32, check_row_widths
+from service.inference.inputs import (
+    FREE,
+    InputSignature,
+    check_instance_count,
+    check_instance_widths,
+    too_many_instances,
+    width_error,
+)
 
 NPY_MEDIA_TYPE = "application/x-npy"
 NPY_DTYPES = "a float (float16, float32, float64) or an integer type"
@@ -286,24 +296,56 @@ def raw_items(raw: msgspec.Raw, limit: int) -> list[msgspec.Raw] | None:
     return [item for item in msgspec.structs.astuple(gate) if len(item)]  # a JSON value is never empty
 
 
-def _gate_predict(body: bytes, n_features: int | None, max_instances: int | None) -> None:
-    """413 for more than ``max_instances`` rows, 422 for a list row of more than ``n_features`` values,
-    found before the body is decoded (the counts in the messages are "more than": nobody counted)."""
+def _gate_predict(body: bytes, signature: InputSignature | None, max_instances: int | None) -> None:
+    """413 for more than ``max_instances`` instances, 422 for an instance with a list longer than the
+    signature's fixed dimension there, found before the body is decoded (the counts in the messages are
+    "more than": nobody counted)."""
     fields = raw_fields(body)
     raw = fields.get("instances") if fields is not None else None
     if raw is None or not is_array(raw) or max_instances is None:
         return
     rows = raw_items(raw, max_instances)
     if rows is None:
-        raise _too_many_instances(f"more than {max_instances}", max_instances)
-    if n_features is None:
+        raise too_many_instances(f"more than {max_instances}", max_instances)
+    if signature is None:
+        return
+    if signature.is_flat:
+        (width,) = signature.instance_shape
+        if width == FREE:
+            return
+        for i, row in enumerate(rows):
+            if is_array(row) and raw_items(row, width) is None:
+                raise width_error(f"instances[{i}]", f"more than {width}", width)
         return
     for i, row in enumerate(rows):
-        if is_array(row) and raw_items(row, n_features) is None:
+        problem = gate_nested(row, signature.instance_shape, f"instances[{i}]")
+        if problem is not None:
+            at, limit = problem
             raise InvalidInput(
-                f"instances[{i}] has more than {n_features} features; the model expects {n_features}",
-                {"field": f"instances[{i}]", "expected": n_features},
+                f"{at} has more than {limit} items; the model expects instances of shape {signature.instance_text}",
+                {"field": at, "expected": limit},
             )
+
+
+def gate_nested(raw: msgspec.Raw, shape: Sequence[int], at: str) -> tuple[str, int] | None:
+    """The first array in ``raw`` (undecoded JSON) longer than ``shape`` allows at its depth, as (its path,
+    the limit), or None; free dimensions (-1) are not limited. Arrays are read raw and stop at the first
+    element past the limit (``raw_items``), so a hostile body is refused in microseconds."""
+    if not shape or not is_array(raw):
+        return None
+    limit = shape[0]
+    items = raw_items(raw, limit if limit != FREE else _UNLIMITED)
+    if items is None:
+        return at, limit
+    if len(shape) > 1:
+        for j, item in enumerate(items):
+            problem = gate_nested(item, shape[1:], f"{at}[{j}]")
+            if problem is not None:
+                return problem
+    return None
+
+
+_UNLIMITED = sys.maxsize
 
 
 def _few_unknown_keys(value: dict[str, Any], known: Mapping[str, Any]) -> dict[str, Any]:
@@ -336,6 +378,7 @@ def _validate_bounded(
     item_model: type[pydantic.BaseModel] | None = None,
     limit: int | None = None,
     too_many: Callable[[int], ServiceError] | None = None,
+    trim: Callable[[Any], Any] | None = None,
 ) -> Any:
     """``model.model_validate(value)``, with element-by-element validation bounded.
 
@@ -343,11 +386,13 @@ def _validate_bounded(
     validated (their indices put back into the errors) when there are more, each with at most
     ``_SUSPECTS`` keys ``item_model`` does not know: a strict model reports every bad element and every
     unknown key, and a body of two million bad ones took 8 s and 500 MB to refuse. ``plain`` only has to
-    be conservative: a suspect the model accepts just costs the full validation. More than ``limit``
-    elements: the first ``limit`` are validated (their errors come first, as they always have), then
-    ``too_many(count)`` is raised."""
+    be conservative: a suspect the model accepts just costs the full validation. ``trim`` cuts a suspect
+    down to its first few bad values (an instance with a free dimension has no length limit to refuse it
+    by first). More than ``limit`` elements: the first ``limit`` are validated (their errors come first,
+    as they always have), then ``too_many(count)`` is raised."""
     index: list[int] | None = None
     over: int | None = None
+    trimmed = False
     whole = value
     if isinstance(value, dict):
         value = _few_unknown_keys(value, model.model_fields)
@@ -369,12 +414,17 @@ def _validate_bounded(
                     for i in suspects:
                         if isinstance(kept[i], dict):
                             kept[i] = _few_unknown_keys(kept[i], item_model.model_fields)
+                if trim is not None:
+                    for i in suspects:
+                        cut = trim(kept[i])
+                        trimmed = trimmed or cut is not kept[i]
+                        kept[i] = cut
                 if len(suspects) > _SUSPECTS:
                     index = suspects[:_SUSPECTS]
                     kept = [kept[i] for i in index]
                 value = {**value, field: kept}
     validated, errors = _strict(model, value)
-    if errors is None and index is not None:  # valid as trimmed: the suspects were false alarms
+    if errors is None and (index is not None or trimmed):  # valid as trimmed: the suspects were false alarms
         index = None
         validated, errors = _strict(model, whole)
     if errors is not None:
@@ -416,45 +466,92 @@ class _FastPredict(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODER = msgspec.json.Decoder(_FastPredict)
+_ANY = msgspec.json.Decoder()
+
+
+@functools.lru_cache(maxsize=16)
+def _fast_decoder(signature: InputSignature | None) -> msgspec.json.Decoder[Any]:
+    """``_FastPredict`` for this input: instances nested to its rank (objects keyed by feature name only for a
+    flat input), of floats or of integers as the input is. A flat float input gets ``_FastPredict`` itself."""
+    if signature is None or (signature.is_flat and not signature.integral):
+        return _DECODER
+    element: Any = int if signature.integral else float
+    instance: Any
+    if signature.is_flat:
+        instance = list[element] | dict[str, element]
+    else:
+        instance = element
+        for _ in signature.instance_shape:
+            instance = list[instance]
+    fields: list[Any] = [
+        ("instances", Annotated[list[instance], msgspec.Meta(min_length=1)]),
+        ("coverage", float, 0.9),
+        ("top_k", Annotated[int, msgspec.Meta(ge=1)] | None, None),
+        ("include_logits", bool, False),
+        ("model", str | None, None),
+    ]
+    struct = msgspec.defstruct("FastPredictInput", fields, forbid_unknown_fields=True)
+    return msgspec.json.Decoder(struct)
 
 
 def parse_json(
-    body: bytes, n_features: int | None = None, max_instances: int | None = None
+    body: bytes, signature: InputSignature | None = None, max_instances: int | None = None
 ) -> tuple[PredictOptions, list[Any]]:
-    """Options and raw rows (``rows_to_matrix`` turns them into the matrix once the options are checked).
+    """Options and the instances as decoded (``InputSignature.from_json`` turns them into the input once
+    the options are checked).
 
-    ``n_features`` and ``max_instances`` (the route passes both) let a refused body be refused from its
-    row count and row widths before any element is validated."""
+    ``signature`` types the instances (a flat float input when None); with ``max_instances`` (the route
+    passes both) a refused body is refused from its instance count and list lengths before any element is
+    validated."""
     try:
-        fast = _DECODER.decode(body)
+        fast = _fast_decoder(signature).decode(body)
         return PredictOptions(fast.coverage, fast.top_k, fast.include_logits, fast.model), fast.instances
     except (msgspec.DecodeError, msgspec.ValidationError):
-        request = _slow_parse(body, n_features, max_instances)
+        request = _slow_parse(body, signature, max_instances)
         options = PredictOptions(request.coverage, request.top_k, request.include_logits, request.model)
         return options, list(request.instances)
 
 
-def _slow_parse(body: bytes, n_features: int | None, max_instances: int | None) -> PredictRequest:
+def instance_literals(body: bytes) -> list[Any]:
+    """The instances of a body ``parse_json`` accepted, with JSON's integers as Python ints (the typed decode
+    reads every number of a float input as a float): what ``from_json`` asks for when a value may be an
+    integer its float type cannot hold. Only bodies with such large values pay for this second decode."""
+    try:
+        value = _ANY.decode(body)
+    except msgspec.DecodeError:  # UTF-16 or a BOM: the reference decoding reads those
+        value = load_json(body)
+    instances = value.get("instances") if isinstance(value, dict) else None
+    return instances if isinstance(instances, list) else []
+
+
+def _slow_parse(body: bytes, signature: InputSignature | None, max_instances: int | None) -> PredictRequest:
     """The reference parse (what FastAPI did with the strict model): raises the precise error.
 
-    A body over ``GATE_BYTES`` is refused for too many rows (413) or a row wider than the model's
-    features (422) before it is decoded. Otherwise rows wider than the features are refused first (422,
-    as ``rows_to_matrix`` words it), then the strict model names bad values in the first
-    ``max_instances`` rows (on at most a few bad rows), and only then is the row count checked (413)."""
+    A body over ``GATE_BYTES`` is refused for too many instances (413) or a list longer than the model's
+    input allows (422) before it is decoded. Otherwise such lists are refused first (422), then the strict
+    model names bad values in the first ``max_instances`` instances (on at most a few bad ones), and only
+    then is the instance count checked (413)."""
     if not body.strip():
         raise MalformedRequest("request body is required: a JSON object with 'instances'", {"field": "body"})
     if len(body) > GATE_BYTES:
-        _gate_predict(body, n_features, max_instances)
+        _gate_predict(body, signature, max_instances)
     value = load_json(body)
-    if n_features is not None and isinstance(value, dict) and isinstance(rows := value.get("instances"), list):
-        check_row_widths(rows if max_instances is None else rows[:max_instances], n_features)
+    if signature is not None and isinstance(value, dict) and isinstance(rows := value.get("instances"), list):
+        check_instance_widths(rows if max_instances is None else rows[:max_instances], signature)
+    model = request_model(signature) if signature is not None else PredictRequest
+    plain: Callable[[Any], bool] = _plain_row
+    trim: Callable[[Any], Any] | None = None
+    if signature is not None and (signature.integral or not signature.is_flat):
+        plain = functools.partial(_plain_instance, depth=len(signature.instance_shape), integral=signature.integral)
+        trim = functools.partial(_trimmed, depth=len(signature.instance_shape), integral=signature.integral)
     request: PredictRequest = _validate_bounded(
-        PredictRequest,
+        model,
         value,
         "instances",
-        _plain_row,
+        plain,
         limit=max_instances,
-        too_many=lambda count: _too_many_instances(str(count), max_instances or 0),
+        too_many=lambda count: too_many_instances(str(count), max_instances or 0),
+        trim=trim,
     )
     return request
 
@@ -469,6 +566,50 @@ def _plain_row(row: Any) -> bool:
     else:
         return False
     return all((type(v) is float and v - v == 0.0) or (type(v) is int and -_FLOAT_MAX < v < _FLOAT_MAX) for v in values)
+
+
+def _plain_number(value: Any, integral: bool) -> bool:
+    """A number the strict model surely accepts: for an integer input an int or a whole float, else a finite
+    float or an int in float range (never a bool: ``type`` is exact)."""
+    if type(value) is int:
+        return integral or -_FLOAT_MAX < value < _FLOAT_MAX
+    return type(value) is float and value - value == 0.0 and (not integral or value.is_integer())
+
+
+def _plain_instance(instance: Any, depth: int, integral: bool) -> bool:
+    """An instance the strict model surely accepts: lists nested ``depth`` deep (or, flat, an object) of plain
+    numbers."""
+    if depth == 1 and isinstance(instance, dict):
+        return all(_plain_number(v, integral) for v in instance.values())
+    if not isinstance(instance, list):
+        return False
+    if depth == 1:
+        return all(_plain_number(v, integral) for v in instance)
+    return all(_plain_instance(item, depth - 1, integral) for item in instance)
+
+
+def _trimmed(instance: Any, depth: int, integral: bool) -> Any:
+    """``instance`` cut just after its ``_SUSPECTS``-th bad value (in document order), or ``instance`` itself
+    if it has fewer: the strict model then reports a few problems at their true indices, however many the
+    instance holds (lengths are checked after validation, so cutting a list changes no message)."""
+    budget = [_SUSPECTS]
+
+    def cut(node: Any, depth: int) -> Any:
+        if depth == 0 or not isinstance(node, list):
+            if depth != 0 or not _plain_number(node, integral):
+                budget[0] -= 1
+            return node
+        kept = []
+        for item in node:
+            kept.append(cut(item, depth - 1))
+            if budget[0] <= 0:
+                break
+        return kept
+
+    if isinstance(instance, dict):
+        return instance
+    result = cut(instance, depth)
+    return result if budget[0] <= 0 else instance
 
 
 def parse_feedback(body: bytes, max_items: int) -> FeedbackRequest:
@@ -510,27 +651,18 @@ def _plain_feedback_item(item: Any) -> bool:
     return type(prediction_id) is str and 1 <= len(prediction_id) <= 64 and type(label) is str
 
 
-def check_instance_count(count: int, max_instances: int) -> None:
-    if count > max_instances:
-        raise _too_many_instances(str(count), max_instances)
-
-
-def _too_many_instances(count: str, limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"{count} instances exceed the limit of {limit} per request (CALIBSERVE_MAX_INSTANCES)",
-        {"field": "instances", "limit": limit},
-    )
-
-
 def parse_npy(
-    body: bytes, query: dict[str, str], n_features: int, feature_names: Sequence[str] | None, max_instances: int
-) -> tuple[PredictOptions, NDArray[np.float32]]:
-    """An ``.npy`` body (no pickles) of shape [N, F]; options from the query string, checked as strictly."""
+    body: bytes, query: dict[str, str], signature: InputSignature, max_instances: int
+) -> tuple[PredictOptions, NDArray[Any]]:
+    """An ``.npy`` body (no pickles) of shape ``[N, *instance]``, as the input's dtype by the one conversion
+    rule (``InputSignature.convert``); options from the query string, checked as strictly."""
     options = _query_options(query)
     if not body:
-        raise MalformedRequest("request body is required: an .npy file of shape [N, F]", {"field": "body"})
-    matrix = _read_npy(body, n_features, max_instances)
-    return options, as_float32(np.asarray(matrix, dtype=np.float64), feature_names)
+        raise MalformedRequest(
+            f"request body is required: an .npy file of shape {signature.shape_text}", {"field": "body"}
+        )
+    array = _read_npy(body, signature, max_instances)
+    return options, signature.convert(array, "instances")
 
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -542,8 +674,8 @@ _NPY_VERSIONS = {
 }
 
 
-def _read_npy(body: bytes, n_features: int, max_instances: int) -> NDArray[Any]:
-    """The [N, F] array of an ``.npy`` body, read in place from the bytes after its header.
+def _read_npy(body: bytes, signature: InputSignature, max_instances: int) -> NDArray[Any]:
+    """The ``[N, *instance]`` array of an ``.npy`` body, read in place from the bytes after its header.
 
     Shape, dtype and size are checked from the header first: ``np.load`` would allocate whatever the
     header declares (a 200-byte body can declare a terabyte), and the data must be exactly as long as
@@ -594,7 +726,10 @@ def _read_npy(body: bytes, n_features: int, max_instances: int) -> NDArray[Any]:
     if len(shape) >= 1:
         check_instance_count(shape[0], max_instances)
     if dtype.kind not in "fiu" or dtype.itemsize > 8:
-        raise InvalidInput(f"features must be {NPY_DTYPES}, got dtype {dtype}", {"field": "body", "dtype": str(dtype)})
+        raise InvalidInput(
+            f"features must be {NPY_DTYPES}, got dtype {dtype} (the model's input is {signature.dtype.name})",
+            {"field": "body", "dtype": str(dtype)},
+        )
     count = math.prod(shape)  # Python ints: np.prod would overflow int64 on a hostile shape
     expected = count * dtype.itemsize
     data = len(body) - stream.tell()
@@ -604,11 +739,7 @@ def _read_npy(body: bytes, n_features: int, max_instances: int) -> NDArray[Any]:
             f"({expected} bytes of data), the body carries {data}",
             {"field": "body"},
         )
-    if len(shape) != 2 or shape[1] != n_features or shape[0] == 0:
-        raise InvalidInput(
-            f"features must have shape [N, {n_features}] with N >= 1, got {shown(list(shape))}",
-            {"field": "body", "shape": list(shape)[:8], "expected": [-1, n_features]},
-        )
+    signature.check_batch_shape(shape, "features", "body")
     flat = np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell())
     return flat.reshape(shape, order="F" if fortran_order else "C")
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, create_model
+
+from service.inference.inputs import InputSignature
 
 # Two real digits (a "0" and a "1") so the examples in /docs can be pasted as they are.
 DIGIT_ZERO = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0]
@@ -29,6 +32,8 @@ def _integral_number(value: Any) -> Any:
 
 
 PositiveIntegral = Annotated[int, Field(ge=1), BeforeValidator(_integral_number)]
+# A value of an integer input: 3 or 3.0 (JSON's one number type), never 3.5, "3" or true.
+IntegralNumber = Annotated[int, BeforeValidator(_integral_number)]
 
 Instance = Annotated[
     Annotated[list[float], Tag("list")] | Annotated[dict[str, float], Tag("object")],
@@ -68,6 +73,40 @@ class PredictRequest(BaseModel):
     top_k: PositiveIntegral | None = Field(None, description="also return the k most probable classes")
     include_logits: bool = Field(False, description="also return the uncalibrated logits")
     model: str | None = Field(None, description="model name to check against the loaded one (404 if different)")
+
+
+@functools.lru_cache(maxsize=16)
+def request_model(signature: InputSignature) -> type[PredictRequest]:
+    """The strict request model for this input: ``PredictRequest`` itself for a flat float input; otherwise
+    its subclass whose instances are lists nested to the instance's rank (objects keyed by feature name only
+    for a flat input), of integers for an integer input. It names bad values exactly as ``PredictRequest``
+    does (``instances[3][0][5][2]: Input should be a valid number``); shapes and ranges are the signature's
+    to check once the values are numbers."""
+    if signature.is_flat and not signature.integral:
+        return PredictRequest
+    element: Any = IntegralNumber if signature.integral else float
+    instance: Any
+    if signature.is_flat:
+        instance = Annotated[
+            Annotated[list[element], Tag("list")] | Annotated[dict[str, element], Tag("object")],
+            Discriminator(
+                _row_kind,
+                custom_error_type="instance_type",
+                custom_error_message="each instance must be a list of integers or an object mapping feature name "
+                "to integer",
+            ),
+        ]
+    else:
+        instance = element
+        for _ in signature.instance_shape:
+            instance = list[instance]
+    description = f"instances of shape {signature.instance_text}, {signature.dtype.name}"
+    model: type[PredictRequest] = create_model(
+        "PredictRequest",
+        __base__=PredictRequest,
+        instances=(list[instance], Field(min_length=1, description=description)),
+    )
+    return model
 
 
 class ExpectedAccuracy(BaseModel):

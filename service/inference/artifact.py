@@ -1,13 +1,17 @@
 """Load a model artifact and prove that its card describes the graph it sits in.
 
 Every check failure is an ``ArtifactError`` naming the file and the problem, raised at start-up: a
-service that cannot trust its card must not serve probabilities with trust metadata attached.
+service that cannot trust its card must not serve probabilities with trust metadata attached. The card's
+input (name, dtype, shape: any single numeric input) must be the graph's, because every request is
+decoded into what the card declares (``service.inference.inputs``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 from pydantic import ValidationError
@@ -23,6 +27,19 @@ from service.errors import ArtifactError
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
+# onnxruntime's name for each input dtype a card can declare.
+ONNX_TYPES = {
+    "float32": "tensor(float)",
+    "float64": "tensor(double)",
+    "float16": "tensor(float16)",
+    "int64": "tensor(int64)",
+    "int32": "tensor(int32)",
+    "int16": "tensor(int16)",
+    "int8": "tensor(int8)",
+    "uint8": "tensor(uint8)",
+    "uint16": "tensor(uint16)",
+    "uint32": "tensor(uint32)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +98,8 @@ def _check_card_matches(model_path: Path, card: CalibrationCard, digest: str, se
     name = card.io.input
     if [i.name for i in inputs] != [name]:
         problems.append(f"inputs are {[i.name for i in inputs]}, expected [{name!r}]")
-    elif inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 2 or inputs[0].shape[1] != card.io.n_features:
-        problems.append(
-            f"input {name!r} is {inputs[0].type} {inputs[0].shape}, card says float [N, {card.io.n_features}]"
-        )
-    if card.io.input_dtype != "float32" or len(card.io.instance_shape) != 1:
-        # calibrate writes any single input; serving reads flat float32 rows so far (issue 13 continues).
-        problems.append(
-            f"input {name!r} is {card.io.input_dtype} {list(card.io.input_shape or ())}: serving takes a flat "
-            "float32 [N, F] input so far; other shapes and dtypes are not served yet"
-        )
+    else:
+        problems += _input_problems(card, inputs[0].type, list(inputs[0].shape))
     outputs = {o.name: o for o in session.get_outputs()}
     for name in (LOGITS_OUTPUT, PROBABILITIES_OUTPUT):
         output = outputs.get(name)
@@ -102,6 +111,29 @@ def _check_card_matches(model_path: Path, card: CalibrationCard, digest: str, se
         problems.append(f"card lists {len(card.io.feature_names)} feature names for {card.io.n_features} features")
     if problems:
         raise ArtifactError(f"{model_path}: " + "; ".join(problems), {"problems": problems})
+
+
+def _input_problems(card: CalibrationCard, onnx_type: str, graph_shape: list[Any]) -> list[str]:
+    """The graph's input against the card's: dtype, rank, every fixed dimension, and free ones free.
+
+    The batch dimension must be free in the graph (serving stacks requests); a card's free dimension (-1)
+    must be free in the graph (a name or unknown), a fixed one equal. A card without ``input_shape`` (written
+    before it existed) declares float32 ``[-1, n_features]``."""
+    io = card.io
+    declared = (-1, *io.instance_shape)
+    expected_type = ONNX_TYPES[io.input_dtype]
+    problems = []
+    if onnx_type != expected_type:
+        problems.append(f"input {io.input!r} is {onnx_type}, card says {io.input_dtype} ({expected_type})")
+    fixed = [dim if isinstance(dim, int) and dim > 0 else -1 for dim in graph_shape]
+    if fixed != list(declared):
+        problems.append(
+            f"input {io.input!r} has shape {graph_shape} in the graph, card says {list(declared)} (-1: free)"
+            + ("; the batch dimension must be free (serving stacks requests)" if fixed[:1] not in ([-1], []) else "")
+        )
+    if io.n_features != (math.prod(io.instance_shape) if -1 not in io.instance_shape else -1):
+        problems.append(f"card says {io.n_features} features for instances of shape {list(io.instance_shape)}")
+    return problems
 
 
 def _check_card_file(model_path: Path, card: CalibrationCard) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +22,7 @@ from service.calibration.reference import SelectiveRow
 from service.card import LOGITS_OUTPUT, PROBABILITIES_OUTPUT, CalibrationCard
 from service.errors import ConfigurationError, InvalidInput
 from service.inference.artifact import LoadedArtifact
+from service.inference.inputs import InputSignature
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +291,8 @@ class InferenceEngine:
         threads: int = 1,
     ) -> None:
         self.card = artifact.card
+        # What every protocol decodes requests into: the input's name, dtype and instance shape.
+        self.signature = InputSignature.of(self.card.io)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -352,21 +355,19 @@ class InferenceEngine:
     def conformal_threshold(self, coverage: float) -> float:
         return self._conformal[self.resolve_coverage(coverage)]
 
-    def run(self, features: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+    def run(self, features: NDArray[Any]) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         """Logits and probabilities straight from the graph (float64 probabilities, renormalised rows)."""
-        logits, probs, broken = self._run_graph(features)
+        logits, probs, broken = self._run_graph(self._input(features))
         if broken.any():
             raise _overflow_error(np.flatnonzero(broken))
         return logits, probs
 
-    def _run_graph(
-        self, features: NDArray[np.float32]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float64], NDArray[np.bool_]]:
-        """One onnxruntime call; rows whose output is not finite are flagged, not raised, so that a batch
-        of several requests can fail only the request that owns them."""
+    def _run_graph(self, features: NDArray[Any]) -> tuple[NDArray[np.float32], NDArray[np.float64], NDArray[np.bool_]]:
+        """One onnxruntime call on ``[N, *instance]`` of the declared dtype (``_input``); rows whose output is
+        not finite are flagged, not raised, so that a batch of several requests can fail only the request
+        that owns them."""
         logits, probabilities = self._session.run(
-            [LOGITS_OUTPUT, PROBABILITIES_OUTPUT],
-            {self.card.io.input: np.ascontiguousarray(features, dtype=np.float32)},
+            [LOGITS_OUTPUT, PROBABILITIES_OUTPUT], {self.signature.name: np.ascontiguousarray(features)}
         )
         probs = np.asarray(probabilities, dtype=np.float64)
         broken: NDArray[np.bool_] = np.asarray(~np.isfinite(probs).all(axis=1))
@@ -375,49 +376,54 @@ class InferenceEngine:
         probs /= probs.sum(axis=1, keepdims=True)  # float32 rows sum to 1 +- 1e-7; make it exact in float64
         return np.asarray(logits), probs, broken
 
-    def predict(self, features: NDArray[np.float32], coverage: float = 0.9) -> BatchPrediction:
+    def predict(self, features: NDArray[Any], coverage: float = 0.9) -> BatchPrediction:
         """Predict one request's rows; a row the graph overflows on fails the request (422)."""
         outcome = self.predict_many([(features, coverage)])[0]
         if isinstance(outcome, InvalidInput):
             raise outcome
         return outcome
 
-    def predict_many(
-        self, requests: Sequence[tuple[NDArray[np.float32], float]]
-    ) -> list[BatchPrediction | InvalidInput]:
+    def predict_many(self, requests: Sequence[tuple[NDArray[Any], float]]) -> list[BatchPrediction | InvalidInput]:
         """Several requests' rows through one onnxruntime call, split back in order.
 
         Each request's outcome is its own: a prediction identical to predicting it alone, or the
         ``InvalidInput`` that it alone caused (bad shape, unknown coverage, rows that overflow the graph).
         Errors that are not the requests' fault (the session failing) propagate to the caller, who owes
-        them to every request of the batch.
+        them to every request of the batch. Requests whose instances differ in a free dimension (a
+        sequence length) cannot share a tensor: each such group gets its own call.
         """
         outcomes: list[BatchPrediction | InvalidInput | None] = [None] * len(requests)
-        valid: list[tuple[int, float]] = []  # (request, its resolved coverage)
+        groups: dict[tuple[int, ...], list[tuple[int, float, NDArray[Any]]]] = {}  # instance shape -> requests
         for i, (features, coverage) in enumerate(requests):
             try:
-                valid.append((i, self._check_request(features, coverage)))
+                resolved, prepared = self._check_request(features, coverage)
             except InvalidInput as error:
                 outcomes[i] = error
-        if valid:
-            parts = [requests[i][0] for i, _ in valid]
+                continue
+            groups.setdefault(prepared.shape[1:], []).append((i, resolved, prepared))
+        for valid in groups.values():
+            parts = [prepared for _, _, prepared in valid]
             stacked = parts[0] if len(parts) == 1 else np.concatenate(parts)
             sizes = [len(part) for part in parts]
-            thresholds = np.repeat([self._conformal[coverage] for _, coverage in valid], sizes)
+            thresholds = np.repeat([self._conformal[coverage] for _, coverage, _ in valid], sizes)
             whole = self._describe(*self._run_graph(stacked), thresholds)
-            for (i, coverage), (start, stop) in zip(valid, _spans(sizes), strict=True):
+            for (i, coverage, _), (start, stop) in zip(valid, _spans(sizes), strict=True):
                 part = whole.rows(start, stop, coverage)
                 outcomes[i] = _overflow_error(np.flatnonzero(part.broken)) if part.broken.any() else part
         return [outcome for outcome in outcomes if outcome is not None]
 
-    def _check_request(self, features: NDArray[np.float32], coverage: float) -> float:
-        """The request's resolved coverage level; ``InvalidInput`` if it cannot join a batch."""
-        resolved = self.resolve_coverage(coverage)
-        if features.ndim != 2 or features.shape[1] != self.card.io.n_features or len(features) == 0:
-            raise InvalidInput(
-                f"features must be [N, {self.card.io.n_features}] with N >= 1, got {list(features.shape)}"
-            )
-        return resolved
+    def _check_request(self, features: NDArray[Any], coverage: float) -> tuple[float, NDArray[Any]]:
+        """The request's resolved coverage level and its input; ``InvalidInput`` if it cannot join a batch."""
+        return self.resolve_coverage(coverage), self._input(features)
+
+    def _input(self, features: NDArray[Any]) -> NDArray[Any]:
+        """``features`` as the graph takes them: ``[N, *instance]`` of the declared dtype. The routes' codecs
+        hand over exactly that (nothing to do); other callers' arrays (a float64 matrix) are converted by the
+        same rule as a request's values, never cast blindly (a float to an integer input must be whole)."""
+        self.signature.check_batch_shape(features.shape, "features", "instances")
+        if features.dtype != self.signature.dtype:
+            return self.signature.convert(features)
+        return features
 
     def _describe(
         self,

@@ -32,7 +32,7 @@ from contextlib import closing, suppress
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -76,7 +76,9 @@ CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
 
 
 class PredictionRecord(NamedTuple):
-    """One logged prediction; probabilities (and features, if logged) as float32 bytes.
+    """One logged prediction; probabilities as float32 bytes, and the input if logged: one instance's values,
+    row-major, little-endian, as float32 for a float input (as always) and in its own dtype for an integer
+    input (the card names the dtype and the shape).
 
     A tuple, in the table's column order, so that ``executemany`` takes the rows as they are."""
 
@@ -222,9 +224,12 @@ def records_for_batch(
     class_index: NDArray[np.intp],
     confidence: NDArray[np.float64],
     probabilities: NDArray[np.float64],
-    features: NDArray[np.float32] | None,
+    features: NDArray[Any] | None,
 ) -> list[PredictionRecord]:
-    """Rows for ``submit``; built with whole-array conversions, as a 1000-row request makes 1000 of them."""
+    """Rows for ``submit``; built with whole-array conversions, as a 1000-row request makes 1000 of them.
+
+    ``features`` is the model's input, ``[N, *instance]``; each row keeps its instance's values, floats as
+    float32 and integers in their own type (an int64 token id past 2**24 would not survive float32)."""
     probs32 = np.ascontiguousarray(probabilities, dtype=np.float32)
     width = probs32.shape[1] * 4
     blob = probs32.tobytes()
@@ -233,8 +238,9 @@ def records_for_batch(
     if features is None:
         feature_blobs = [None] * len(ids)
     else:
-        f32 = np.ascontiguousarray(features, dtype=np.float32)
-        f_width, f_blob = f32.shape[1] * 4, f32.tobytes()
+        stored = np.dtype("<f4") if features.dtype.kind == "f" else features.dtype.newbyteorder("<")
+        values = np.ascontiguousarray(features, dtype=stored)
+        f_width, f_blob = values[:1].nbytes, values.tobytes()
         feature_blobs = [f_blob[i : i + f_width] for i in range(0, len(f_blob), f_width)]
     return list(
         map(

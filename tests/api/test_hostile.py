@@ -31,6 +31,7 @@ import pytest
 from service.api.oip import parse_infer
 from service.api.schemas import DIGIT_ONE, DIGIT_ZERO
 from service.errors import InvalidInput
+from service.inference.inputs import InputSignature
 from service.monitoring.requests import METHODS, OTHER_METHOD
 from tests.api.conftest import Client, error_of, serve
 from tests.conftest import REPO_ROOT
@@ -403,7 +404,7 @@ def test_json_and_binary_tensors_agree_on_64_bit_extremes(
     for binary in (False, True):
         body, length = infer_request(datatype, value, binary)
         try:
-            parsed.append(parse_infer(body, length, "features", 64, None, 1000).features)
+            parsed.append(parse_infer(body, length, InputSignature.flat(64), 1000).features)
         except InvalidInput as error:
             parsed.append(error.message)
     assert isinstance(parsed[0], np.ndarray) == accepted, parsed[0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from numpy.typing import NDArray
@@ -21,7 +20,7 @@ from service.api.deps import get_predictor, require_model
 from service.api.parsing import (
     NPY_MEDIA_TYPE,
     PredictOptions,
-    check_instance_count,
+    instance_literals,
     parse_json,
     parse_npy,
     parse_off_loop,
@@ -30,7 +29,7 @@ from service.api.render import encode_json, model_summary, model_summary_json, r
 from service.api.schemas import ErrorResponse, PredictResponse
 from service.errors import InvalidInput
 from service.inference.engine import InferenceEngine
-from service.inference.features import rows_to_matrix
+from service.inference.inputs import check_instance_count
 
 router = APIRouter(tags=["predict"])
 NPZ_MEDIA_TYPE = "application/x-npz"
@@ -55,8 +54,9 @@ REQUEST_BODY = {
             "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
             NPY_MEDIA_TYPE: {
                 "schema": {"type": "string", "format": "binary"},
-                "description": "a NumPy .npy file of shape [N, F] (float32, float64 or integers); the options "
-                "go in the query string: coverage, top_k, include_logits (true/false), model",
+                "description": "a NumPy .npy file of shape [N, *instance shape] (floats or integers, converted "
+                "exactly to the model's input type); the options go in the query string: coverage, top_k, "
+                "include_logits (true/false), model",
             },
         },
     },
@@ -82,13 +82,10 @@ async def predict_response(request: Request, name: str | None) -> Response:
     engine = predictor.engine
     require_model(engine, name)
     max_instances: int = request.app.state.settings.max_instances
-    io = engine.card.io
     body = await request.body()
     if _media_type(request.headers.get("content-type")) == NPY_MEDIA_TYPE:
         query = dict(request.query_params)
-        options, features = await parse_off_loop(
-            body, partial(parse_npy, body, query, io.n_features, io.feature_names, max_instances)
-        )
+        options, features = await parse_off_loop(body, partial(parse_npy, body, query, engine.signature, max_instances))
         coverage = _check_options(engine, options)
     else:
         if request.scope.get("query_string"):
@@ -107,15 +104,13 @@ async def predict_response(request: Request, name: str | None) -> Response:
     return Response(body, media_type="application/json")
 
 
-def _from_json(
-    body: bytes, engine: InferenceEngine, max_instances: int
-) -> tuple[PredictOptions, float, NDArray[np.float32]]:
-    """Options, conformal level and feature matrix of a JSON body (in a worker thread when it is large)."""
-    io = engine.card.io
-    options, rows = parse_json(body, io.n_features, max_instances)
+def _from_json(body: bytes, engine: InferenceEngine, max_instances: int) -> tuple[PredictOptions, float, NDArray[Any]]:
+    """Options, conformal level and the model's input from a JSON body (in a worker thread when it is large)."""
+    signature = engine.signature
+    options, rows = parse_json(body, signature, max_instances)
     check_instance_count(len(rows), max_instances)
     coverage = _check_options(engine, options)  # unknown model or coverage: refused before looking at rows
-    return options, coverage, rows_to_matrix(rows, io.n_features, io.feature_names)
+    return options, coverage, signature.from_json(rows, partial(instance_literals, body))
 
 
 def _check_options(engine: InferenceEngine, options: PredictOptions) -> float:

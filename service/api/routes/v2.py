@@ -111,13 +111,10 @@ async def infer_response(request: Request, name: str, version: str | None) -> Re
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
-    io = engine.card.io
     body = await request.body()
     max_instances: int = request.app.state.settings.max_instances
     declared = request.headers.get(HEADER_LENGTH)
-    parsed = await parse_off_loop(
-        body, partial(parse_infer, body, declared, io.input, io.n_features, io.feature_names, max_instances)
-    )
+    parsed = await parse_off_loop(body, partial(parse_infer, body, declared, engine.signature, max_instances))
     coverage = engine.resolve_coverage(parsed.coverage if parsed.coverage is not None else min(engine.coverages))
     scored = await get_predictor(request).predict(parsed.features, coverage)
     content, header_length = encode_infer_response(engine, parsed, scored.prediction, scored.ids, coverage)
