@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,23 @@ class InputSignature:
     dtype: np.dtype[Any]
     instance_shape: tuple[int, ...]
     feature_names: tuple[str, ...] | None = None
+    # Derived once, here, because every request reads them (numpy's dtype.name and finfo cost microseconds).
+    is_flat: bool = field(init=False, repr=False, compare=False)  # one dimension per instance
+    integral: bool = field(init=False, repr=False, compare=False)
+    _largest: float = field(init=False, repr=False, compare=False)  # a float type's largest finite value
+    _exact_below: float = field(init=False, repr=False, compare=False)  # integers up to this are exact in it
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        integral = self.dtype.kind in "iu"
+        object.__setattr__(self, "is_flat", len(self.instance_shape) == 1)
+        object.__setattr__(self, "integral", integral)
+        object.__setattr__(self, "_largest", 0.0 if integral else float(np.finfo(self.dtype).max))
+        object.__setattr__(self, "_exact_below", 0.0 if integral else float(2 ** (np.finfo(self.dtype).nmant + 1)))
+        object.__setattr__(self, "_hash", hash((self.name, self.dtype, self.instance_shape, self.feature_names)))
+
+    def __hash__(self) -> int:  # decoders are cached per signature: hashed on every request
+        return self._hash
 
     @classmethod
     def of(cls, io: IOInfo) -> InputSignature:
@@ -85,15 +102,6 @@ class InputSignature:
     def shape(self) -> tuple[int, ...]:
         """The full input shape, batch first (-1), as the card and the protocols write it."""
         return (FREE, *self.instance_shape)
-
-    @property
-    def is_flat(self) -> bool:
-        """One dimension per instance: the only shape whose instances can be objects keyed by feature name."""
-        return len(self.instance_shape) == 1
-
-    @property
-    def integral(self) -> bool:
-        return self.dtype.kind in "iu"
 
     @property
     def n_values(self) -> int | None:
@@ -129,7 +137,11 @@ class InputSignature:
     def check_batch_shape(self, shape: Sequence[int], what: str, field: str) -> None:
         """``shape`` is ``[N, *instance]`` with N >= 1, or a 422 saying what was expected (counts come after:
         the caller checks N against the instance limit)."""
-        if len(shape) >= 1 and shape[0] >= 1 and self.accepts_instance(shape[1:]):
+        if (
+            len(shape) >= 1
+            and shape[0] >= 1
+            and (tuple(shape[1:]) == self.instance_shape or self.accepts_instance(shape[1:]))
+        ):
             return
         got = list(shape)
         dims = [short_number(dim) for dim in got[:_SHOWN_DIMS]] + (["…"] if len(got) > _SHOWN_DIMS else [])
@@ -167,10 +179,16 @@ class InputSignature:
             values = self._flat_rows(instances, container, field) if self.is_flat else self._nested(instances, field)
         except OverflowError:  # a Python int past int64 (an integer input) or past float64 (a float input)
             raise self._unconvertible(instances, container, field) from None
-        converted = to_dtype(values, self.dtype, field, names=self.feature_names)
-        if literals is not None and not self.integral:
+        if self.integral:
+            return to_dtype(values, self.dtype, field, names=self.feature_names)
+        # A float input (the hot path): one pass finds the largest magnitude, which says both whether every
+        # value is finite and in range (NaN propagates) and whether any could be an inexact integer.
+        peak = np.abs(values).max()
+        if not peak <= self._largest:
+            to_dtype(values, self.dtype, field, names=self.feature_names)  # raises, naming the cell
+        if literals is not None and peak > self._exact_below:
             self._check_integer_literals(values, literals, field)
-        return converted
+        return values.astype(self.dtype)
 
     def _flat_rows(self, rows: Sequence[Any], container: type[np.generic], field: str) -> NDArray[Any]:
         (width,) = self.instance_shape
@@ -280,9 +298,7 @@ class InputSignature:
         self, values: NDArray[np.float64], literals: Callable[[], Sequence[Any]], field: str
     ) -> None:
         """Refuse the first JSON integer the float input cannot hold exactly (see the module docstring)."""
-        bound = float(2 ** (np.finfo(self.dtype).nmant + 1))  # every integer up to this is exact in the type
-        if values.size == 0 or (values.max() <= bound and values.min() >= -bound):
-            return
+        bound = self._exact_below
         with np.errstate(invalid="ignore"):
             suspects = np.flatnonzero((np.abs(values) > bound) & (values == np.trunc(values)))
         if not len(suspects):
@@ -320,21 +336,21 @@ def to_dtype(
     ``label`` names the type in messages (``/v2`` says ``UINT8 (uint8)``); ``as_float`` says how to send a
     value as a float on the caller's path. The common case (float64 or float32 values to a float32 input) is
     one comparison over the array and one cast."""
-    label = label or dtype.name
     source = values.dtype
     if source.kind not in "fiu":
         raise InvalidInput(f"{field} must be numbers, got dtype {source}", {"field": field, "dtype": str(source)})
+    label = label or _name(dtype)
     if dtype.kind == "f":
         if source.kind == "f":
-            if source.itemsize <= dtype.itemsize:
-                bad = ~np.isfinite(values)
-            else:
-                bad = ~(np.abs(values) <= float(np.finfo(dtype).max))  # NaN fails the comparison too
+            largest = _float_max(dtype)
+            # A narrower or equal float type: finiteness is the only question; a wider one: the range (NaN
+            # fails the comparison too).
+            bad = ~np.isfinite(values) if source.itemsize <= dtype.itemsize else ~(np.abs(values) <= largest)
             if bad.any():
                 at, value, feature = _first(bad, values, field, names)
                 raise InvalidInput(
                     f"{at}{_named(feature)} = {float(value)!r} is not a finite {label} "
-                    f"(|x| must be at most {float(np.finfo(dtype).max):.7g})",
+                    f"(|x| must be at most {largest:.7g})",
                     {"field": at, "feature": feature},
                 )
             return values.astype(dtype, copy=False)
@@ -391,6 +407,23 @@ def inexact_integer(at: str, value: int, label: str, feature: str | None, as_flo
 
 
 _FLOAT_NAMES = ("float16", "float32", "float64")
+_NAMES: dict[np.dtype[Any], str] = {}
+_FLOAT_MAX: dict[np.dtype[Any], float] = {}
+
+
+def _name(dtype: np.dtype[Any]) -> str:
+    """``dtype.name``, remembered (numpy computes it anew each time, a few microseconds per request)."""
+    name = _NAMES.get(dtype)
+    if name is None:
+        name = _NAMES[dtype] = dtype.name
+    return name
+
+
+def _float_max(dtype: np.dtype[Any]) -> float:
+    largest = _FLOAT_MAX.get(dtype)
+    if largest is None:
+        largest = _FLOAT_MAX[dtype] = float(np.finfo(dtype).max)
+    return largest
 
 
 def _integers_exact_in(source: np.dtype[Any], dtype: np.dtype[Any]) -> bool:
