@@ -69,7 +69,7 @@ class InputSignature:
     is_flat: bool = field(init=False, repr=False, compare=False)  # one dimension per instance
     integral: bool = field(init=False, repr=False, compare=False)
     _largest: float = field(init=False, repr=False, compare=False)  # a float type's largest finite value
-    _exact_below: float = field(init=False, repr=False, compare=False)  # integers up to this are exact in it
+    _exact_below: float = field(init=False, repr=False, compare=False)  # integers below this are exact in it
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -186,7 +186,7 @@ class InputSignature:
         peak = np.abs(values).max()
         if not peak <= self._largest:
             to_dtype(values, self.dtype, field, names=self.feature_names)  # raises, naming the cell
-        if literals is not None and peak > self._exact_below:
+        if literals is not None and peak >= self._exact_below:
             self._check_integer_literals(values, literals, field)
         return values.astype(self.dtype)
 
@@ -300,7 +300,8 @@ class InputSignature:
         """Refuse the first JSON integer the float input cannot hold exactly (see the module docstring)."""
         bound = self._exact_below
         with np.errstate(invalid="ignore"):
-            suspects = np.flatnonzero((np.abs(values) > bound) & (values == np.trunc(values)))
+            # >=: a JSON integer past 2**53 reached float64 rounded, possibly onto the bound itself
+            suspects = np.flatnonzero((np.abs(values) >= bound) & (values == np.trunc(values)))
         if not len(suspects):
             return
         sent = literals()
@@ -395,10 +396,14 @@ def to_dtype(
 
 def inexact_integer(at: str, value: int, label: str, feature: str | None, as_float: str) -> InvalidInput:
     """An integer the input's float type cannot hold: refused, never rounded behind the client's back."""
-    try:
-        nearest = f" (the nearest is {float(np.dtype(label).type(value))!r})" if label in _FLOAT_NAMES else ""
-    except OverflowError:
-        nearest = ""
+    nearest = ""
+    if label in _FLOAT_NAMES:
+        try:
+            with np.errstate(over="ignore"):
+                rounded = float(np.dtype(label).type(value))
+        except OverflowError:  # past float64
+            rounded = math.inf
+        nearest = f" (the nearest is {rounded!r})" if math.isfinite(rounded) else f" (it is beyond {label}'s range)"
     return InvalidInput(
         f"{at}{_named(feature)} = {short_number(value)} is an integer with no exact {label} value{nearest}; "
         f"send it as {as_float} if rounding is acceptable",
