@@ -114,3 +114,31 @@ def test_wrong_inputs_and_outputs(artifact: Path) -> None:
     onnx.save(model, str(artifact / "model.onnx"))
     with pytest.raises(ArtifactError, match="output 'probabilities' is missing"):
         load_artifact(artifact)
+
+
+def test_the_cards_input_must_be_the_graphs(artifact: Path) -> None:
+    """Every request is decoded into what the card declares: a dtype or shape the graph does not take is refused
+    at load, naming both."""
+    card = json.loads((artifact / "card.json").read_text())
+    (artifact / "card.json").unlink()
+    rewrite_card(artifact, {"io": {**card["io"], "input_dtype": "int64"}})
+    with pytest.raises(ArtifactError, match=r"input 'features' is tensor\(float\), card says int64"):
+        load_artifact(artifact)
+    rewrite_card(artifact, {"io": {**card["io"], "input_shape": [-1, 1, 8, 8]}})
+    with pytest.raises(ArtifactError, match=r"card says \[-1, 1, 8, 8\]"):
+        load_artifact(artifact)
+    rewrite_card(artifact, {"io": {**card["io"], "input_shape": [-1, 64], "n_features": 63}})
+    with pytest.raises(ArtifactError, match=r"card says 63 features for instances of shape \[64\]"):
+        load_artifact(artifact)
+    rewrite_card(artifact, {"io": {**card["io"], "input_shape": [-1, 64]}})
+    assert load_artifact(artifact).card.io.input_shape == (-1, 64)
+
+
+def test_a_graph_with_a_fixed_batch_dimension_is_refused(artifact: Path) -> None:
+    model = onnx.load(str(artifact / "model.onnx"))
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    batch.ClearField("dim_param")
+    batch.dim_value = 1
+    onnx.save(model, str(artifact / "model.onnx"))
+    with pytest.raises(ArtifactError, match="the batch dimension must be free"):
+        load_artifact(artifact)
