@@ -170,7 +170,7 @@ class InputSignature:
 
         The schema reads every number of a float input as a float. ``literals()`` gives the same instances
         with JSON's integers as Python ints: it is called only when a value is large enough that an integer
-        could be one the input's float type cannot hold (|x| > 2**24 for float32), so the hot path never pays
+        could be one the input's float type cannot hold (|x| >= 2**24 for float32), so the hot path never pays
         for it. Without it, every value is taken for a float."""
         if not instances:
             raise InvalidInput(f"{field} is empty: send at least one row", {"field": field})
@@ -208,6 +208,11 @@ class InputSignature:
         return values
 
     def _width_error(self, i: int, got: int, width: int, field: str) -> InvalidInput:
+        if got == 0 or width == 0:
+            return InvalidInput(
+                f"{field}[{i}] has no values; the model expects instances of shape {self.instance_text}",
+                {"field": f"{field}[{i}]", "expected": list(self.instance_shape)},
+            )
         if self.instance_shape[0] == FREE:
             return InvalidInput(
                 f"{field}[{i}] has {got} features; {field}[0] has {width}: the instances of one request must "
