@@ -1,21 +1,26 @@
 """A model nobody here trained, as a PyTorch user brings it: a small CNN trained in the test with
 ``CrossEntropyLoss(label_smoothing=0.1)`` on digits as ``[N, 1, 8, 8]`` images, exported by ``torch.onnx`` with
-its own input and output names, then ``calibserve calibrate``. (Serving it over /v1, ``.npy`` and Triton's client
-comes with the any-shape input decoder.)"""
+its own input and output names; then ``calibserve calibrate`` and ``calibserve serve`` over /v1 JSON, ``.npy``
+and Triton's own client."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+import subprocess
+import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from tests.conftest import TRAIN_EXTRA
+from tests.conftest import REPO_ROOT, TRAIN_EXTRA
 
 pytest.importorskip("torch", reason=f"torch is missing; {TRAIN_EXTRA}")
 pytest.importorskip("onnxscript", reason=f"onnxscript is missing; {TRAIN_EXTRA}")
@@ -28,8 +33,10 @@ from scipy.special import log_softmax as scipy_log_softmax
 from sklearn.datasets import load_digits
 from torch import nn
 
+from service.calibration.temperature import softmax
 from service.card import CalibrationCard
 from service.cli import main
+from tests.test_serve_e2e import clean_env, free_port, wait_until_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -131,3 +138,76 @@ def test_temperature_equals_an_independent_scipy_fit(imported: Imported) -> None
     assert imported.card.source is not None and imported.card.source.label_smoothing == 0.1
     assert imported.card.source.scores == "logits" and imported.card.source.output == "class_scores"
     assert imported.card.io.input == "pixels" and imported.card.io.input_shape == (-1, 1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def server(imported: Imported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = clean_env()
+    env["CALIBSERVE_DATA_DIR"] = str(tmp_path_factory.mktemp("cnn-data"))
+    env["CALIBSERVE_MODEL_PATH"] = str(imported.artifact)
+    log = tmp_path_factory.mktemp("cnn-log") / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env={**env, "PATH": os.environ.get("PATH", "")},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until_ready(process, url, log)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+
+
+def expected_probabilities(imported: Imported, images: NDArray[np.float32]) -> NDArray[np.float64]:
+    return softmax(original_logits(imported, images), imported.card.temperature.value)
+
+
+def test_served_over_v1_json_with_nested_instances(imported: Imported, server: str) -> None:
+    images = imported.test[0][:20]
+    response = httpx.post(f"{server}/v1/predict", json={"instances": images.tolist()}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    served = np.array([[p["probabilities"][c] for c in imported.card.classes] for p in body["predictions"]])
+    assert np.max(np.abs(served - expected_probabilities(imported, images))) < 1e-5
+    assert body["model"]["label_smoothing"] == 0.1
+    assert all(p["prediction_set"] and "expected_accuracy" in p for p in body["predictions"])
+
+
+def test_served_over_npy(imported: Imported, server: str) -> None:
+    images = imported.test[0][:30]
+    buffer = io.BytesIO()
+    np.save(buffer, images)
+    response = httpx.post(
+        f"{server}/v1/predict", content=buffer.getvalue(), headers={"content-type": "application/x-npy"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    served = np.array([[p["probabilities"][c] for c in imported.card.classes] for p in response.json()["predictions"]])
+    assert np.max(np.abs(served - expected_probabilities(imported, images))) < 1e-5
+
+
+def test_served_to_tritonclient(imported: Imported, server: str) -> None:
+    import tritonclient.http as httpclient  # type: ignore[import-untyped]
+
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+    metadata = client.get_model_metadata("cnn")
+    assert metadata["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    images = imported.test[0][:16]
+    tensor = httpclient.InferInput("pixels", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images, binary_data=True)
+    result = client.infer("cnn", [tensor], outputs=[httpclient.InferRequestedOutput("probabilities")])
+    served = result.as_numpy("probabilities")
+    assert np.max(np.abs(served - expected_probabilities(imported, images))) < 1e-5
+
+
+def test_wrong_instance_shape_is_a_422_naming_the_shape(imported: Imported, server: str) -> None:
+    flat = imported.test[0][:2].reshape(2, 64).tolist()
+    response = httpx.post(f"{server}/v1/predict", json={"instances": flat}, timeout=30)
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert "instances[0]" in message and "[1, 8, 8]" in message
