@@ -68,7 +68,7 @@ def describe_model(schema: dict[str, Any], card: CalibrationCard, max_instances:
         as_object["required"] = list(signature.feature_names)
         as_object["additionalProperties"] = False
     request["coverage"]["enum"] = [level.coverage for level in card.conformal]
-    request["coverage"]["default"] = min(level.coverage for level in card.conformal)
+    request["coverage"]["default"] = min(level.coverage for level in card.conformal)  # = engine.default_coverage
     request["top_k"]["anyOf"][0]["maximum"] = card.n_classes
     request["model"]["anyOf"][0]["enum"] = [card.name]
     for path in schema["paths"].values():

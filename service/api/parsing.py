@@ -449,7 +449,7 @@ def _strict(model: type[pydantic.BaseModel], value: Any) -> tuple[Any, list[Any]
 
 @dataclass(frozen=True, slots=True)
 class PredictOptions:
-    coverage: float = 0.9
+    coverage: float | None = None  # None: the model's default level (``InferenceEngine.default_coverage``)
     top_k: int | None = None
     include_logits: bool = False
     model: str | None = None
@@ -459,7 +459,7 @@ class _FastPredict(msgspec.Struct, forbid_unknown_fields=True):
     """What ``PredictRequest`` accepts, minus its rarer spellings (those take the slow path)."""
 
     instances: Annotated[list[list[float] | dict[str, float]], msgspec.Meta(min_length=1)]
-    coverage: float = 0.9
+    coverage: float | None = None
     top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
     include_logits: bool = False
     model: str | None = None
@@ -485,7 +485,7 @@ def _fast_decoder(signature: InputSignature | None) -> msgspec.json.Decoder[Any]
             instance = list[instance]
     fields: list[Any] = [
         ("instances", Annotated[list[instance], msgspec.Meta(min_length=1)]),
-        ("coverage", float, 0.9),
+        ("coverage", float | None, None),
         ("top_k", Annotated[int, msgspec.Meta(ge=1)] | None, None),
         ("include_logits", bool, False),
         ("model", str | None, None),
@@ -752,7 +752,7 @@ def _query_options(query: dict[str, str]) -> PredictOptions:
             f"{', '.join(_QUERY_OPTIONS)}",
             {"field": "query", "unknown": unknown[:50]},
         )
-    coverage = parse_number(query["coverage"], "coverage") if "coverage" in query else 0.9
+    coverage = parse_number(query["coverage"], "coverage") if "coverage" in query else None
     top_k = parse_count(query["top_k"], "top_k", minimum=1) if "top_k" in query else None
     flag = query.get("include_logits", "false").lower()
     if flag not in ("true", "false"):

@@ -64,9 +64,10 @@ class PredictRequest(BaseModel):
         min_length=1,
         description="feature rows: lists in the card's feature order, or objects keyed by feature name",
     )
-    coverage: float = Field(
-        0.9,
-        description="conformal coverage level of the prediction set (one of the card's): the true label is in the "
+    coverage: float | None = Field(
+        None,
+        description="conformal coverage level of the prediction set (one of the card's; default: the card's lowest, "
+        "0.9 for the bundled model): the true label is in the "
         "set this often on average over calibration sets; for this card's own calibration set it may be a little "
         "less (see the response's model.conformal)",
     )

@@ -341,8 +341,17 @@ class InferenceEngine:
     def coverages(self) -> tuple[float, ...]:
         return tuple(sorted(self._conformal))
 
-    def resolve_coverage(self, coverage: float) -> float:
-        """The card's conformal level equal to ``coverage`` (to 1e-9); 422 naming the levels otherwise."""
+    @property
+    def default_coverage(self) -> float:
+        """The level a request without ``coverage`` gets, on every protocol: the card's lowest (its least
+        conservative sets). A fixed 0.9 made ``/v1`` answer 422 to a bare request for a card without 0.9."""
+        return min(self._conformal)
+
+    def resolve_coverage(self, coverage: float | None) -> float:
+        """The card's conformal level equal to ``coverage`` (to 1e-9), or the default for None; 422 naming the
+        levels otherwise."""
+        if coverage is None:
+            return self.default_coverage
         for level in self._conformal:
             if abs(level - coverage) < 1e-9:
                 return level
@@ -376,9 +385,9 @@ class InferenceEngine:
         probs /= probs.sum(axis=1, keepdims=True)  # float32 rows sum to 1 +- 1e-7; make it exact in float64
         return np.asarray(logits), probs, broken
 
-    def predict(self, features: NDArray[Any], coverage: float = 0.9) -> BatchPrediction:
+    def predict(self, features: NDArray[Any], coverage: float | None = None) -> BatchPrediction:
         """Predict one request's rows; a row the graph overflows on fails the request (422)."""
-        outcome = self.predict_many([(features, coverage)])[0]
+        outcome = self.predict_many([(features, self.resolve_coverage(coverage))])[0]
         if isinstance(outcome, InvalidInput):
             raise outcome
         return outcome

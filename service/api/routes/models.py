@@ -17,7 +17,7 @@ router = APIRouter(tags=["models"])
 @router.get("/v1/models", response_model=ModelList)
 def list_models(engine: InferenceEngine = Depends(get_engine)) -> dict[str, Any]:
     """A summary of each loaded model (one per server today)."""
-    return {"models": [model_summary(engine, min(engine.coverages, default=0.9))]}
+    return {"models": [model_summary(engine, engine.default_coverage)]}
 
 
 @router.get("/v1/models/{name}", responses={404: {"model": ErrorResponse}})

@@ -115,7 +115,7 @@ async def infer_response(request: Request, name: str, version: str | None) -> Re
     max_instances: int = request.app.state.settings.max_instances
     declared = request.headers.get(HEADER_LENGTH)
     parsed = await parse_off_loop(body, partial(parse_infer, body, declared, engine.signature, max_instances))
-    coverage = engine.resolve_coverage(parsed.coverage if parsed.coverage is not None else min(engine.coverages))
+    coverage = engine.resolve_coverage(parsed.coverage)
     scored = await get_predictor(request).predict(parsed.features, coverage)
     content, header_length = encode_infer_response(engine, parsed, scored.prediction, scored.ids, coverage)
     if header_length is None:
