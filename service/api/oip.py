@@ -370,27 +370,25 @@ def model_metadata(engine: InferenceEngine) -> dict[str, Any]:
 
 
 def calibration_parameters(engine: InferenceEngine, coverage: float) -> dict[str, Any]:
-    """The trust metadata of every answer, as the protocol's scalar parameters."""
-    card = engine.card
-    after = card.test.after_temperature
-    given = engine.coverage_given_card[coverage]
+    """The trust metadata of every answer (the engine's trust summary for this level) as scalar parameters."""
+    summary = engine.summaries[coverage]
     parameters: dict[str, Any] = {
-        "model_version": card.version,
-        "temperature": card.temperature.value,
-        "ece": after.ece.value,
-        "ece_lower": after.ece.lower,
-        "ece_upper": after.ece.upper,
-        "ece_n": after.ece.n,
-        "ece_noise_floor": after.ece_noise_floor.mean,
-        "coverage": coverage,
+        "model_version": summary.version,
+        "temperature": summary.temperature,
+        "ece": summary.ece.value,
+        "ece_lower": summary.ece.lower,
+        "ece_upper": summary.ece.upper,
+        "ece_n": summary.ece.n,
+        "ece_noise_floor": summary.ece_noise_floor,
+        "coverage": summary.coverage,
         # The nominal coverage holds on average over calibration sets; for this card (Beta law, Vovk 2012):
-        "coverage_p_below_nominal": given.p_below_nominal,
-        "coverage_quantile_05": given.quantile,
-        "conformal_guarantee": engine.conformal_guarantee,
-        "abstain_threshold": engine.abstain_threshold,
+        "coverage_p_below_nominal": summary.conformal.p_below_nominal,
+        "coverage_quantile_05": summary.conformal.quantile,
+        "conformal_guarantee": summary.guarantee,
+        "abstain_threshold": summary.abstain_threshold,
     }
-    if card.label_smoothing is not None:  # a parameter is a scalar: an imported model's unknown smoothing is left out
-        parameters["label_smoothing"] = card.label_smoothing
+    if summary.label_smoothing is not None:  # a parameter is a scalar: an unknown smoothing is left out
+        parameters["label_smoothing"] = summary.label_smoothing
     return parameters
 
 

@@ -14,38 +14,31 @@ from service.inference.engine import BatchPrediction, InferenceEngine
 
 
 def model_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any]:
-    card = engine.card
-    after = card.test.after_temperature
+    """/v1's ``model`` block: the engine's trust summary for this level, as JSON."""
+    summary = engine.summaries[coverage]
+    given = summary.conformal
     return {
-        "name": card.name,
-        "version": card.version,
-        "temperature": card.temperature.value,
-        "label_smoothing": card.label_smoothing,
-        "smoothing_prior": card.smoothing_prior,
+        "name": summary.name,
+        "version": summary.version,
+        "temperature": summary.temperature,
+        "label_smoothing": summary.label_smoothing,
+        "smoothing_prior": summary.smoothing_prior,
         "ece": {
-            "value": after.ece.value,
-            "lower": after.ece.lower,
-            "upper": after.ece.upper,
-            "n": after.ece.n,
-            "noise_floor": after.ece_noise_floor.mean,
+            "value": summary.ece.value,
+            "lower": summary.ece.lower,
+            "upper": summary.ece.upper,
+            "n": summary.ece.n,
+            "noise_floor": summary.ece_noise_floor,
         },
-        "coverage": coverage,
-        "abstain_threshold": engine.abstain_threshold,
-        "conformal": conformal_summary(engine, coverage),
-    }
-
-
-def conformal_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any] | None:
-    """What the prediction sets at ``coverage`` promise for this card (None: not one of the card's levels)."""
-    figures = engine.coverage_given_card.get(coverage)
-    if figures is None:
-        return None
-    return {
-        "guarantee": engine.conformal_guarantee,
-        "delta": engine.pac_delta,
-        "n_calibration": figures.n_calibration,
-        "p_coverage_below_nominal": figures.p_below_nominal,
-        "coverage_quantile_05": figures.quantile,
+        "coverage": summary.coverage,
+        "abstain_threshold": summary.abstain_threshold,
+        "conformal": {
+            "guarantee": summary.guarantee,
+            "delta": summary.delta,
+            "n_calibration": given.n_calibration,
+            "p_coverage_below_nominal": given.p_below_nominal,
+            "coverage_quantile_05": given.quantile,
+        },
     }
 
 

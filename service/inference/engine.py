@@ -23,6 +23,7 @@ from service.card import LOGITS_OUTPUT, PROBABILITIES_OUTPUT, CalibrationCard
 from service.errors import ConfigurationError, InvalidInput
 from service.inference.artifact import LoadedArtifact
 from service.inference.inputs import InputSignature
+from service.inference.summary import TrustSummary, trust_summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +322,13 @@ class InferenceEngine:
             self.coverage_given_card[level.coverage] = coverage_given_card(
                 level.n_calibration, level.coverage, rank=rank
             )
+        # The trust figures of every answer, per level: built here once, formatted by each protocol.
+        self.summaries: dict[float, TrustSummary] = {
+            coverage: trust_summary(
+                self.card, coverage, given, self.abstain_threshold, conformal_guarantee, self.pac_delta
+            )
+            for coverage, given in self.coverage_given_card.items()
+        }
         self.classes = np.asarray(self.card.classes)
 
     def expected_accuracy(self, confidence: NDArray[np.float64], band_index: NDArray[np.intp]) -> NDArray[np.float64]:
