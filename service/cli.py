@@ -231,7 +231,7 @@ def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         type=Path,
         required=True,
         help="labelled data the model never trained on: .npz with X (shaped like the input) and y, or .csv "
-        "(features, then a last 'label' column; flat inputs only). Split in half (calibration / test) unless "
+        "(the features and a --label-column; flat inputs only). Split in half (calibration / test) unless "
         "--test-data is given",
     )
     calibrate.add_argument("--test-data", type=Path, help="separate test data; then all of --data fits T")
@@ -245,7 +245,9 @@ def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     calibrate.add_argument(
         "--label-smoothing", type=float, help="the label smoothing the model was trained with (default: unknown)"
     )
+    calibrate.add_argument("--label-column", default="label", help="CSV column holding the class")
     calibrate.add_argument("--seed", type=int, default=0, help="seeds the calibration / test split")
+    calibrate.add_argument("--no-progress", action="store_true", help="no progress lines while scoring large data")
     calibrate.set_defaults(handler=_run_calibrate)
 
 
@@ -279,6 +281,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         classes=args.classes,
         label_smoothing=args.label_smoothing,
         seed=args.seed,
+        label_column=args.label_column,
+        progress=not args.no_progress,
     )
     result = calibrate_model(args.model, args.data, options, args.test_data)
     for note in result.notes:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,6 +71,8 @@ class CalibrateOptions:
     classes: tuple[str, ...] | None = None
     label_smoothing: float | None = None
     seed: int = 0
+    label_column: str = "label"
+    progress: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,16 +196,16 @@ def _choose_output(outputs: Sequence[onnx.ValueInfoProto], wanted: str | None) -
 
 
 def load_labelled(
-    path: Path, signature: ModelSignature, classes: tuple[str, ...] | None
+    path: Path, signature: ModelSignature, classes: tuple[str, ...] | None, label_column: str = "label"
 ) -> tuple[Labelled, tuple[str, ...]]:
     """``X`` shaped like the model's input and labels as class indices, from an ``.npz`` (``X``, ``y``) or a
-    ``.csv`` (features then a last ``label`` column; flat ``[N, F]`` models only)."""
+    ``.csv`` (the features, and the class in ``label_column``; flat ``[N, F]`` models only)."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.suffix.lower() == ".npz":
         features, raw = _read_npz(path)
     elif path.suffix.lower() == ".csv":
-        features, raw = _read_csv(path)
+        features, raw = _read_csv(path, label_column)
     else:
         raise DataError(f"{path}: calibrate reads .npz (X, y) or .csv files")
     expected = signature.input_shape[1:]
@@ -232,21 +236,26 @@ def _read_npz(path: Path) -> tuple[NDArray[Any], NDArray[Any]]:
     return features, raw
 
 
-def _read_csv(path: Path) -> tuple[NDArray[Any], NDArray[Any]]:
+def _read_csv(path: Path, label_column: str) -> tuple[NDArray[Any], NDArray[Any]]:
+    """Features in column order without the label column (as ``train --data x.csv --label-column``)."""
     import csv
 
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     if len(rows) < 2:
         raise DataError(f"{path}: needs a header and at least one row")
-    header, body = rows[0], rows[1:]
-    if header[-1].strip().lower() != "label":
-        raise DataError(f"{path}: the last column must be 'label' (the class), got {header[-1]!r}")
+    header, body = [name.strip() for name in rows[0]], rows[1:]
+    if label_column not in header:
+        raise DataError(f"{path}: no column {label_column!r} (the class); columns are {', '.join(header[:20])}")
+    at = header.index(label_column)
+    for number, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {number} has {len(row)} values for {len(header)} columns")
     try:
-        features = np.array([[float(v) for v in row[:-1]] for row in body], dtype=np.float64)
+        features = np.array([[float(v) for i, v in enumerate(row) if i != at] for row in body], dtype=np.float64)
     except ValueError as exc:
         raise DataError(f"{path}: a feature is not a number ({exc})") from None
-    return features, np.array([row[-1] for row in body])
+    return features, np.array([row[at].strip() for row in body])
 
 
 def _as_input_dtype(path: Path, features: NDArray[Any], dtype: c.InputDtype) -> NDArray[Any]:
@@ -318,13 +327,25 @@ def _check_class_counts(labels: NDArray[np.int64], classes: tuple[str, ...], par
 # ---------------------------------------------------------------------------------------------- scores
 
 
-def run_scores(model_bytes: bytes, signature: ModelSignature, inputs: NDArray[Any]) -> NDArray[np.float64]:
-    """The original output on every row, as float64 [N, K], in batches."""
+def run_scores(
+    model_bytes: bytes, signature: ModelSignature, inputs: NDArray[Any], what: str = "", progress: bool = False
+) -> NDArray[np.float64]:
+    """The original output on every row, as float64 [N, K], in batches; with ``progress``, a line per batch on
+    stderr once the data takes more than a few batches (a large CNN on 100k images takes minutes)."""
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     parts = []
+    report = progress and len(inputs) > 4 * _BATCH_ROWS
+    started = time.perf_counter()
     for start in range(0, len(inputs), _BATCH_ROWS):
         (out,) = session.run([signature.output_name], {signature.input_name: inputs[start : start + _BATCH_ROWS]})
         parts.append(np.asarray(out, dtype=np.float64))
+        if report:
+            done = min(start + _BATCH_ROWS, len(inputs))
+            print(
+                f"scoring {what}: {done}/{len(inputs)} rows, {time.perf_counter() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     scores = np.concatenate(parts)
     if scores.ndim != 2 or scores.shape[0] != len(inputs):
         raise ArtifactError(f"output {signature.output_name!r} gave shape {list(scores.shape)}, expected [N, K]")
@@ -422,10 +443,10 @@ def calibrate_model(
     except Exception as exc:  # onnx raises DecodeError and others for a file that is not a model
         raise ArtifactError(f"{model_path}: not an ONNX model ({type(exc).__name__})") from None
     signature = inspect_model(model, options.output)
-    data, classes = load_labelled(data_path, signature, options.classes)
+    data, classes = load_labelled(data_path, signature, options.classes, options.label_column)
     notes: list[str] = []
     if test_path is not None:
-        test, test_classes = load_labelled(test_path, signature, classes)
+        test, test_classes = load_labelled(test_path, signature, classes, options.label_column)
         assert test_classes == classes
         calibration = data
         _check_class_counts(calibration.labels, classes, "calibration data (--data)", MIN_ROWS_PER_CLASS)
@@ -439,8 +460,8 @@ def calibrate_model(
             f"split {data_path.name} stratified into {len(cal_rows)} calibration and {len(test_rows)} test rows "
             f"(seed {options.seed})"
         )
-    cal_scores = run_scores(original, signature, calibration.inputs)
-    test_scores = run_scores(original, signature, test.inputs)
+    cal_scores = run_scores(original, signature, calibration.inputs, "calibration", options.progress)
+    test_scores = run_scores(original, signature, test.inputs, "test", options.progress)
     if cal_scores.shape[1] != len(classes):
         raise DataError(f"the output has K = {cal_scores.shape[1]} columns but the data names {len(classes)} classes")
     kind: Scores = options.scores or detect_scores(cal_scores)

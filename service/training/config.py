@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,3 +34,8 @@ class TrainConfig:
             raise ValueError("epochs and batch size must be >= 1 and the learning rate > 0")
         if any(width < 1 for width in self.hidden_sizes):
             raise ValueError(f"hidden sizes must be >= 1, got {self.hidden_sizes}")
+
+
+def architecture_name(n_features: int, hidden_sizes: Sequence[int], n_classes: int) -> str:
+    """The card's name for the trainer's MLP (torch-free: the card builder imports it without the model)."""
+    return "mlp-" + "-".join(str(width) for width in (n_features, *hidden_sizes, n_classes))

@@ -22,7 +22,7 @@ from service.calibration.conformal import (
 from service.calibration.reference import confidence_histogram, selective_prediction_table
 from service.calibration.temperature import softmax
 from service.calibration.uncertainty import CalibrationSummary, summarize
-from service.training.model import architecture_name
+from service.training.config import architecture_name
 
 if TYPE_CHECKING:  # the trainer imports torch; calibrate uses this module without it
     from service.training.train import TrainingRun

@@ -64,7 +64,3 @@ def standardization(features: NDArray[np.float64]) -> tuple[NDArray[np.float64],
     scale = features.std(axis=0)
     scale[scale < 1e-12] = 1.0
     return mean, scale
-
-
-def architecture_name(n_features: int, hidden_sizes: Sequence[int], n_classes: int) -> str:
-    return "mlp-" + "-".join(str(width) for width in (n_features, *hidden_sizes, n_classes))

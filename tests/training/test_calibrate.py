@@ -301,3 +301,44 @@ def test_image_input_is_calibrated_and_its_signature_recorded(
     card = CalibrationCard.from_json((out / "card.json").read_text())
     assert card.io.input == "image" and card.io.input_shape == (-1, 1, 8, 8) and card.io.n_features == 64
     assert load_artifact(out).card.io.input_shape == (-1, 1, 8, 8)  # served: the graph's input checked against the card
+
+
+def test_csv_data_with_a_label_column_gives_the_same_card_as_npz(files: Path, calibrated: Path) -> None:
+    calibration, test = np.load(files / "calibration.npz"), np.load(files / "test.npz")
+    for name, data in (("calibration", calibration), ("test", test)):
+        header = ",".join(["label"] + [f"p{i}" for i in range(64)])  # the class first: any column works
+        lines = [header] + [
+            ",".join([str(int(y))] + [repr(float(v)) for v in x]) for x, y in zip(data["X"], data["y"], strict=True)
+        ]
+        (files / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    out = files / "from_csv"
+    code = main(
+        [
+            "calibrate",
+            str(files / "logreg.onnx"),
+            "--data",
+            str(files / "calibration.csv"),
+            "--test-data",
+            str(files / "test.csv"),
+            "--name",
+            "logreg",
+            "--output-dir",
+            str(out),
+        ]
+    )
+    assert code == 0
+    from_csv = CalibrationCard.from_json((out / "card.json").read_text())
+    from_npz = CalibrationCard.from_json((calibrated / "card.json").read_text())
+    assert from_csv.temperature.value == pytest.approx(from_npz.temperature.value, rel=1e-9)
+    assert from_csv.test.after_temperature.nll == from_npz.test.after_temperature.nll
+
+
+def test_calibrate_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, service.cli, service.training.calibrate, service.training.files\nprint('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
