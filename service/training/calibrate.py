@@ -30,6 +30,7 @@ from service import card as c
 from service.calibration.reference import selective_prediction_table
 from service.calibration.temperature import fit_temperature, softmax
 from service.errors import ArtifactError, DataError
+from service.training.data import read_csv_columns, read_npz_arrays
 from service.training.evaluate import conformal_summaries, reference_distribution, split_metrics
 from service.training.files import embed_card
 
@@ -203,9 +204,10 @@ def load_labelled(
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.suffix.lower() == ".npz":
-        features, raw = _read_npz(path)
+        features, raw = read_npz_arrays(path)
     elif path.suffix.lower() == ".csv":
-        features, raw = _read_csv(path, label_column)
+        features, text, _ = read_csv_columns(path, label_column)
+        raw = np.array(text)
     else:
         raise DataError(f"{path}: calibrate reads .npz (X, y) or .csv files")
     expected = signature.input_shape[1:]
@@ -221,46 +223,8 @@ def load_labelled(
     return Labelled(inputs, labels), names
 
 
-def _read_npz(path: Path) -> tuple[NDArray[Any], NDArray[Any]]:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    with archive:
-        missing = [key for key in ("X", "y") if key not in archive.files]
-        if missing:
-            raise DataError(f"{path}: missing array(s) {', '.join(missing)}; an .npz needs X and y")
-        features, raw = archive["X"], archive["y"]
-    if raw.ndim != 1 or len(raw) != len(features):
-        raise DataError(f"{path}: y must be 1-D with one label per row of X ({len(features)} rows), got {raw.shape}")
-    return features, raw
-
-
-def _read_csv(path: Path, label_column: str) -> tuple[NDArray[Any], NDArray[Any]]:
-    """Features in column order without the label column (as ``train --data x.csv --label-column``)."""
-    import csv
-
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    if len(rows) < 2:
-        raise DataError(f"{path}: needs a header and at least one row")
-    header, body = [name.strip() for name in rows[0]], rows[1:]
-    if label_column not in header:
-        raise DataError(f"{path}: no column {label_column!r} (the class); columns are {', '.join(header[:20])}")
-    at = header.index(label_column)
-    for number, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}: line {number} has {len(row)} values for {len(header)} columns")
-    try:
-        features = np.array([[float(v) for i, v in enumerate(row) if i != at] for row in body], dtype=np.float64)
-    except ValueError as exc:
-        raise DataError(f"{path}: a feature is not a number ({exc})") from None
-    return features, np.array([row[at].strip() for row in body])
-
-
 def _as_input_dtype(path: Path, features: NDArray[Any], dtype: c.InputDtype) -> NDArray[Any]:
-    if not np.issubdtype(features.dtype, np.number) or np.issubdtype(features.dtype, np.complexfloating):
-        raise DataError(f"{path}: X has dtype {features.dtype}, expected real numbers")
+    """X in the model's input dtype (the readers already refused non-real X): integers must stay exact."""
     if not np.all(np.isfinite(features)):
         bad = int(np.flatnonzero(~np.isfinite(features.reshape(len(features), -1)).all(axis=1))[0])
         raise DataError(f"{path}: X has NaN or infinite values (first in row {bad})")

@@ -10,6 +10,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -78,6 +79,15 @@ def _load_digits() -> Dataset:
 
 
 def _load_csv(path: Path, label_column: str) -> Dataset:
+    features, labels, feature_names = read_csv_columns(path, label_column)
+    return _build(path.stem, features, labels, feature_names)
+
+
+def read_csv_columns(path: Path, label_column: str) -> tuple[NDArray[np.float64], list[str], tuple[str, ...]]:
+    """Features (float64 [N, F], header order without the label column), labels as text and feature names.
+
+    Shared by ``train`` and ``calibrate``: one reader, one set of messages naming the line and the column.
+    """
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -106,7 +116,7 @@ def _load_csv(path: Path, label_column: str) -> Dataset:
             )
     if not rows:
         raise DataError(f"{path}: no data rows after the header")
-    return _build(path.stem, np.asarray(rows, dtype=np.float64), labels, feature_names)
+    return np.asarray(rows, dtype=np.float64), labels, feature_names
 
 
 def _without(record: list[str], index: int) -> list[str]:
@@ -126,6 +136,17 @@ def _parse_feature(path: Path, line_no: int, column: str, cell: str) -> float:
 
 
 def _load_npz(path: Path) -> Dataset:
+    features, raw_labels = read_npz_arrays(path)
+    if features.ndim != 2:
+        raise DataError(f"{path}: X must be 2-D [n_samples, n_features], got shape {features.shape}")
+    return _build(path.stem, features.astype(np.float64), [str(v) for v in raw_labels.tolist()], None)
+
+
+def read_npz_arrays(path: Path) -> tuple[NDArray[Any], NDArray[Any]]:
+    """``X`` (real numbers, any shape ``[N, ...]``) and ``y`` (1-D, one label per row) from an ``.npz``.
+
+    Shared by ``train`` (which also needs X to be 2-D) and ``calibrate`` (X shaped like the model's input).
+    """
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -135,13 +156,11 @@ def _load_npz(path: Path) -> Dataset:
         if missing:
             raise DataError(f"{path}: missing array(s) {', '.join(missing)}; an .npz needs X and y")
         features, raw_labels = archive["X"], archive["y"]
-    if features.ndim != 2:
-        raise DataError(f"{path}: X must be 2-D [n_samples, n_features], got shape {features.shape}")
     if raw_labels.ndim != 1 or len(raw_labels) != len(features):
         raise DataError(f"{path}: y must be 1-D with one label per row of X ({len(features)} rows)")
     if not (np.issubdtype(features.dtype, np.number) and not np.issubdtype(features.dtype, np.complexfloating)):
         raise DataError(f"{path}: X has dtype {features.dtype}, expected real numbers")
-    return _build(path.stem, features.astype(np.float64), [str(v) for v in raw_labels.tolist()], None)
+    return features, raw_labels
 
 
 def _build(
