@@ -43,12 +43,14 @@ __all__ = [
     "IntervalMethod",
     "MetricEstimate",
     "NoiseFloor",
+    "WindowSummary",
     "bootstrap_interval",
     "bootstrap_statistics",
     "calibration_error_interval",
     "ece_estimate",
     "ece_noise_floor",
     "summarize",
+    "summarize_window",
 ]
 
 # Bootstrap / simulation matrices are processed in chunks of at most this many elements to bound memory.
@@ -77,6 +79,15 @@ def _bootstrap_index_chunks(n: int, n_boot: int, seed: int) -> Iterator[NDArray[
         r = min(rows, n_boot - done)
         yield rng.integers(0, n, size=(r, n)).astype(np.intp, copy=False)
         done += r
+
+
+def _resample_counts(idx: NDArray[np.intp]) -> NDArray[np.float64]:
+    """How often each sample appears in each resample of ``idx`` [r, n]: the matrix [r, n] that turns a
+    per-sample value into the resamples' sums (``W @ values``), so no metric is computed per resample."""
+    r, n = idx.shape
+    offsets = (np.arange(r, dtype=np.intp) * n)[:, None]
+    out: NDArray[np.float64] = np.bincount((idx + offsets).ravel(), minlength=r * n).reshape(r, n).astype(np.float64)
+    return out
 
 
 def _percentile_interval(stats: NDArray[np.float64], level: float) -> Interval:
@@ -254,6 +265,34 @@ class MetricEstimate:
     interval: IntervalMethod = "percentile_bootstrap"
 
 
+def _accuracy_and_ece(
+    conf: NDArray[np.float64], correct: NDArray[np.float64], n_bins: int, n_boot: int, level: float, seed: int
+) -> tuple[MetricEstimate, MetricEstimate, NDArray[np.float64]]:
+    """Accuracy (percentile) and top-label ECE (:func:`calibration_error_interval`) on the resamples
+    :func:`summarize` draws for this seed, and the ECE null (which is also the noise floor's simulation)."""
+    n = conf.shape[0]
+    design = np.zeros((n, n_bins), dtype=np.float64)
+    design[np.arange(n), bin_indices(conf, n_bins)] = correct - conf
+    accuracy = np.empty(n_boot, dtype=np.float64)
+    ece = np.empty(n_boot, dtype=np.float64)
+    pos = 0
+    for idx in _bootstrap_index_chunks(n, n_boot, seed):
+        r = idx.shape[0]
+        w = _resample_counts(idx)
+        accuracy[pos : pos + r] = (w @ correct) / n
+        ece[pos : pos + r] = np.sum(np.abs(w @ design), axis=1) / n
+        pos += r
+    null = _ece_null(conf, n_bins, n_boot, seed)
+    acc = _percentile_interval(accuracy, level)
+    value = float(np.sum(np.abs(design.sum(axis=0))) / n)
+    iv = calibration_error_interval(value, ece, null, level)
+    return (
+        MetricEstimate(float(np.mean(correct)), acc.lower, acc.upper, n),
+        MetricEstimate(value, iv.lower, iv.upper, n, interval="basic_bootstrap_noise_floor"),
+        null,
+    )
+
+
 def ece_estimate(
     confidences: NDArray[np.floating[Any]],
     correct: NDArray[Any],
@@ -272,20 +311,54 @@ def ece_estimate(
     corr = np.asarray(correct)
     if corr.shape != conf.shape:
         raise ValueError(f"correct must have shape {conf.shape}, got {corr.shape}")
-    n = conf.shape[0]
-    design = np.zeros((n, n_bins), dtype=np.float64)
-    design[np.arange(n), bin_indices(conf, n_bins)] = corr.astype(np.float64) - conf
-    stats = np.empty(n_boot, dtype=np.float64)
-    pos = 0
-    for idx in _bootstrap_index_chunks(n, n_boot, seed):
-        r = idx.shape[0]
-        offsets = (np.arange(r, dtype=np.intp) * n)[:, None]
-        w = np.bincount((idx + offsets).ravel(), minlength=r * n).reshape(r, n).astype(np.float64)
-        stats[pos : pos + r] = np.sum(np.abs(w @ design), axis=1) / n
-        pos += r
-    value = float(np.sum(np.abs(design.sum(axis=0))) / n)
-    iv = calibration_error_interval(value, stats, _ece_null(conf, n_bins, n_boot, seed), level)
-    return MetricEstimate(value, iv.lower, iv.upper, n, interval="basic_bootstrap_noise_floor")
+    return _accuracy_and_ece(conf, corr.astype(np.float64), n_bins, n_boot, level, seed)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSummary:
+    """What a live window's label checks read: :func:`summarize`'s figures for accuracy, ECE (with the noise
+    floor), NLL, Brier, mean confidence and the reliability bins, without the rest."""
+
+    accuracy: MetricEstimate
+    ece: MetricEstimate
+    ece_noise_floor: NoiseFloor
+    nll: float
+    brier: float
+    mean_confidence: float
+    reliability: tuple[ReliabilityBin, ...]
+
+
+def summarize_window(
+    probs: NDArray[np.floating[Any]],
+    labels: NDArray[np.integer[Any]],
+    n_bins: int = DEFAULT_N_BINS,
+    n_boot: int = 200,
+    level: float = 0.9,
+    seed: int = 0,
+) -> WindowSummary:
+    """The labelled live window's figures, equal to :func:`summarize`'s for the same seed.
+
+    Why not :func:`summarize`: it also bootstraps NLL, Brier, adaptive and classwise ECE and simulates their
+    nulls, which the card shows and the live checks do not; at 500 labels that was most of its 90 ms, spent on
+    every ``/health/calibration`` call and every ``/metrics`` scrape.
+    """
+    check_n_bins(n_bins)
+    check_positive_int(n_boot, "n_boot")
+    check_level(level)
+    p, y = validate_probs_labels(probs, labels)
+    conf, correct = top_label(p, y)
+    accuracy, ece, null = _accuracy_and_ece(conf, correct, n_bins, n_boot, level, seed)
+    return WindowSummary(
+        accuracy=accuracy,
+        ece=ece,
+        ece_noise_floor=NoiseFloor(
+            mean=float(np.mean(null)), upper=float(np.quantile(null, level)), level=level, n=conf.shape[0]
+        ),
+        nll=float(np.mean(nll_per_sample(p, y, 1e-12))),
+        brier=float(np.mean(brier_per_sample(p, y))),
+        mean_confidence=float(np.mean(conf)),
+        reliability=tuple(reliability_bins(p, y, n_bins)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,8 +425,7 @@ def summarize(
     pos = 0
     for idx in _bootstrap_index_chunks(n, n_boot, seed):
         r = idx.shape[0]
-        offsets = (np.arange(r, dtype=np.intp) * n)[:, None]
-        w = np.bincount((idx + offsets).ravel(), minlength=r * n).reshape(r, n).astype(np.float64)
+        w = _resample_counts(idx)
         block = stats[pos : pos + r]
         block[:, 0:3] = (w @ linear) / n
         block[:, 3] = np.sum(np.abs(w @ top_design), axis=1) / n

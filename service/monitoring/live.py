@@ -20,7 +20,7 @@ reason codes or keys of a JSON dict:
   :func:`check_class_shift` (:class:`ClassShiftCheck`).
 
 What checks share is computed once by the window's function and passed in: the validated window, the
-bootstrap summary of the labelled window (:func:`service.calibration.uncertainty.summarize`) and the
+bootstrap summary of the labelled window (:func:`service.calibration.uncertainty.summarize_window`) and the
 top-label confidences (and classes) of each window. :class:`LiveReport` holds both windows' results and the
 reasons in order; its JSON ``summary`` (what ``/health/calibration`` returns as ``live``) is built from the
 typed results by :func:`report_summary` alone.
@@ -63,7 +63,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.calibration.metrics import bin_indices
-from service.calibration.uncertainty import CalibrationSummary, MetricEstimate, NoiseFloor, ece_noise_floor, summarize
+from service.calibration.uncertainty import MetricEstimate, NoiseFloor, WindowSummary, ece_noise_floor, summarize_window
 from service.calibration.validation import validate_labels, validate_probs
 from service.card import CalibrationCard, SplitMetrics
 from service.monitoring.drift import (
@@ -191,7 +191,7 @@ class UnlabelledWindow:
 class LiveEceCheck:
     """``live_ece``: the labelled window's ECE with its bootstrap interval, and the noise it was judged against.
 
-    ``noise_floor`` is what :func:`~service.calibration.uncertainty.summarize` reports at the interval level
+    ``noise_floor`` is what :func:`~service.calibration.uncertainty.summarize_window` reports at the interval level
     (for reading); ``gate`` is the same simulation at the check's own level, the value ECE had to exceed to
     alarm (``reason.noise == gate.upper``).
     """
@@ -284,7 +284,7 @@ class LabelledChecks:
     """
 
     n: int
-    calibration: CalibrationSummary
+    calibration: WindowSummary
     reference: SplitMetrics
     live_ece: LiveEceCheck
     live_accuracy_drop: AccuracyDropCheck
@@ -456,7 +456,7 @@ def labelled_checks(
     """
     probs = validate_probs(window.probabilities, "labelled probabilities")
     labels = validate_labels(window.labels, n_classes=card.n_classes, n_samples=probs.shape[0])
-    calibration = summarize(probs, labels, n_boot=n_boot, level=_INTERVAL_LEVEL, seed=seed)
+    calibration = summarize_window(probs, labels, n_boot=n_boot, level=_INTERVAL_LEVEL, seed=seed)
     confidences = np.max(probs, axis=1)
     return LabelledChecks(
         n=int(probs.shape[0]),
@@ -469,14 +469,14 @@ def labelled_checks(
 
 def check_live_ece(
     card: CalibrationCard,
-    calibration: CalibrationSummary,
+    calibration: WindowSummary,
     confidences: NDArray[np.float64],
     thresholds: LiveThresholds,
     seed: int = 0,
 ) -> LiveEceCheck:
     """``live_ece``: the window's ECE, alarming only above its threshold *and* the ECE noise floor.
 
-    ``calibration`` is :func:`summarize` of the labelled window, ``confidences`` its top-label confidences
+    ``calibration`` is :func:`summarize_window` of the labelled window, ``confidences`` its top-label confidences
     (validated by the caller): the floor is simulated for these very confidences, since ECE's upward bias
     depends on where they fall (Nixon et al. 2019), at the check's own level.
     """
@@ -503,7 +503,7 @@ def check_live_ece(
 
 
 def check_live_accuracy_drop(
-    card: CalibrationCard, calibration: CalibrationSummary, thresholds: LiveThresholds, seed: int = 0
+    card: CalibrationCard, calibration: WindowSummary, thresholds: LiveThresholds, seed: int = 0
 ) -> AccuracyDropCheck:
     """``live_accuracy_drop``: card test accuracy minus live accuracy, gated by a one-sided two-sample null
     (both accuracies are estimates: the card's from its ``n`` test predictions, the window's from its own)."""
@@ -715,8 +715,8 @@ def report_summary(report: LiveReport) -> dict[str, object]:
             "ece_noise_floor": {"mean": ece.noise_floor.mean, "upper": ece.noise_floor.upper},
             "ece_gate": _noise_dict(ece.gate),
             "accuracy_drop_noise": _noise_dict(lab.live_accuracy_drop.noise),
-            "nll": live.nll.value,
-            "brier": live.brier.value,
+            "nll": live.nll,
+            "brier": live.brier,
             "reliability": [
                 {
                     "lower": b.lower,

@@ -41,6 +41,7 @@ from service.calibration.uncertainty import (
     bootstrap_statistics,
     ece_noise_floor,
     summarize,
+    summarize_window,
 )
 
 pytestmark = pytest.mark.unit
@@ -687,3 +688,14 @@ def test_calibration_package_imports_only_numpy_and_stdlib() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_window_summary_equals_summarize_on_the_figures_it_keeps(seed: int) -> None:
+    probs, labels = random_case(seed, 300, 6)
+    full = summarize(probs, labels, n_boot=150, seed=seed)
+    window = summarize_window(probs, labels, n_boot=150, seed=seed)
+    assert window.accuracy == full.accuracy and window.ece == full.ece
+    assert window.ece_noise_floor == full.ece_noise_floor
+    assert window.nll == full.nll.value and window.brier == full.brier.value
+    assert window.mean_confidence == full.mean_confidence and window.reliability == full.reliability

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from prometheus_client import REGISTRY
 
 from service.calibration.metrics import ece
-from service.calibration.uncertainty import summarize
+from service.calibration.uncertainty import summarize_window
 from service.card import CalibrationCard
 from service.monitoring import prometheus as metrics
 from service.monitoring.drift import population_stability_index, total_variation
@@ -439,7 +439,7 @@ def test_each_check_returns_evidence_consistent_with_its_reason(
     assert lab.reference == ref
 
     # Each check function, called on the shared inputs, gives exactly what the report holds.
-    calibration = summarize(probs, labels, n_boot=200, level=0.9, seed=0)
+    calibration = summarize_window(probs, labels, n_boot=200, level=0.9, seed=0)
     assert lab.calibration == calibration
     conf, predicted = probs.max(axis=1), probs.argmax(axis=1)
     ece_check = check_live_ece(card, calibration, conf, thresholds)
