@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "digits"
+
+
 # Tests that train or read ONNX graphs need the `train` extra; without it they skip and say so.
+def load_bench(file_name: str) -> ModuleType:
+    """A script of bench/ as a module, so a test can run a small, seeded version of what it measures."""
+    path = REPO_ROOT / "bench" / file_name
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 TRAIN_EXTRA = "needs the 'train' extra: pip install -e '.[train]'"
 TRAIN_EXTRA_MODULES = ("torch", "onnx", "onnxscript", "sklearn", "tqdm", "matplotlib")
 

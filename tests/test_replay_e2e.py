@@ -16,32 +16,15 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_serve_e2e import clean_env, free_port, wait_until_ready
+from tests.test_serve_e2e import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = clean_env()
-    env["CALIBSERVE_DATA_DIR"] = str(tmp_path / "data")
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until_ready(process, url, log)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
+    with serving(tmp_path / "data", tmp_path / "serve.log") as url:
+        yield url
 
 
 def replay(url: str, *args: str) -> str:

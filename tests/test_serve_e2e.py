@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -77,6 +78,32 @@ def wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> h
             return response
         time.sleep(0.1)
     pytest.fail(f"not ready after {READY_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
+
+
+@contextlib.contextmanager
+def serving(data_dir: Path, log: Path, model_path: Path | None = None) -> Iterator[str]:
+    """``calibserve serve`` on a free port (the bundled model, or ``model_path``) until the block ends; yields
+    its base URL once ready, then SIGTERM."""
+    port = free_port()
+    env = clean_env()
+    env["CALIBSERVE_DATA_DIR"] = str(data_dir)
+    if model_path is not None:
+        env["CALIBSERVE_MODEL_PATH"] = str(model_path)
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_ready(process, url, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")

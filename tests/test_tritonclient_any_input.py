@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,7 @@ from sklearn.datasets import load_digits
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from tests.api.test_any_input import _calibrate, _least_squares, _save
-from tests.conftest import REPO_ROOT
-from tests.test_serve_e2e import clean_env, free_port, wait_until_ready
+from tests.test_serve_e2e import serving
 
 pytestmark = pytest.mark.e2e
 
@@ -71,25 +68,9 @@ def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="module")
 def server(model: Model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``calibserve serve`` on the model; the host:port tritonclient takes."""
-    port = free_port()
-    env = clean_env()
-    env["CALIBSERVE_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
-    env["CALIBSERVE_MODEL_PATH"] = str(model.directory)
-    log = tmp_path_factory.mktemp("log") / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until_ready(process, f"http://127.0.0.1:{port}", log)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    data, log = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("log") / "serve.log"
+    with serving(data, log, model.directory) as url:
+        yield url.removeprefix("http://")
 
 
 def reference(model: Model, rows: NDArray[Any]) -> NDArray[np.float64]:

@@ -6,27 +6,18 @@ perfectly calibrated model and 0.56-0.77 for miscalibrated ones at nominal 0.90.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
 from service.calibration.uncertainty import ece_estimate
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "ece_intervals.py"
+from tests.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ece_intervals_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("ece_intervals.py")
 
 
 def test_calibrated_model_interval_includes_zero(bench: ModuleType) -> None:

@@ -10,10 +10,7 @@ bootstrap of the observed reference proportions fails (2.5-5% above its "99%" le
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -22,18 +19,12 @@ import pytest
 from service.calibration.reference import confidence_histogram
 from service.monitoring.drift import population_stability_index, psi_noise
 from service.monitoring.live import LabelledWindow, LiveThresholds, UnlabelledWindow, evaluate_live, null_size
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "false_alarms.py"
+from tests.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("false_alarms_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("false_alarms.py")
 
 
 def binomial_quantile(n: int, p: float, q: float) -> int:

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import subprocess
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +17,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from tests.conftest import REPO_ROOT, TRAIN_EXTRA
+from tests.conftest import TRAIN_EXTRA
 
 pytest.importorskip("torch", reason=f"torch is missing; {TRAIN_EXTRA}")
 pytest.importorskip("onnxscript", reason=f"onnxscript is missing; {TRAIN_EXTRA}")
@@ -36,7 +33,7 @@ from torch import nn
 from service.calibration.temperature import softmax
 from service.card import CalibrationCard
 from service.cli import main
-from tests.test_serve_e2e import clean_env, free_port, wait_until_ready
+from tests.test_serve_e2e import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -142,26 +139,9 @@ def test_temperature_equals_an_independent_scipy_fit(imported: Imported) -> None
 
 @pytest.fixture(scope="module")
 def server(imported: Imported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = clean_env()
-    env["CALIBSERVE_DATA_DIR"] = str(tmp_path_factory.mktemp("cnn-data"))
-    env["CALIBSERVE_MODEL_PATH"] = str(imported.artifact)
-    log = tmp_path_factory.mktemp("cnn-log") / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env={**env, "PATH": os.environ.get("PATH", "")},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until_ready(process, url, log)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
+    data, log = tmp_path_factory.mktemp("cnn-data"), tmp_path_factory.mktemp("cnn-log") / "serve.log"
+    with serving(data, log, imported.artifact) as url:
+        yield url
 
 
 def expected_probabilities(imported: Imported, images: NDArray[np.float32]) -> NDArray[np.float64]:
