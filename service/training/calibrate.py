@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from service import __version__
 from service import card as c
 from service.calibration.reference import selective_prediction_table
-from service.calibration.temperature import fit_temperature, softmax
+from service.calibration.temperature import TemperatureFit, fit_temperature, softmax
 from service.errors import ArtifactError, DataError
 from service.training.data import read_csv_columns, read_npz_arrays
 from service.training.evaluate import conformal_summaries, reference_distribution, split_metrics
@@ -467,7 +467,7 @@ def _card(
     original: bytes,
     model_path: Path,
     kind: Scores,
-    fit: Any,
+    fit: TemperatureFit,
     calibration: Labelled,
     test: Labelled,
     cal_logits: NDArray[np.float64],
