@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from service.errors import InvalidInput, Overloaded
 from service.inference.batching import MicroBatcher
 from service.inference.engine import BatchPrediction, InferenceEngine
+from service.inference.rows import RowValues
 from service.monitoring import prometheus as metrics
 from service.monitoring.monitor import Monitor
 
@@ -30,10 +31,12 @@ EAGER_VALUES_ROWS = 256
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """One request's predictions and the ids they were logged under."""
+    """One request's predictions, the ids they were logged under, and their Python values when its
+    micro-batch was small enough to convert them on the inference thread (None: the renderer converts)."""
 
     prediction: BatchPrediction
     ids: list[str]
+    values: RowValues | None
 
 
 class Predictor:
@@ -86,13 +89,13 @@ class Predictor:
             ids = []
             for part, inputs in zip(parts, features, strict=True):
                 ids += self.monitor.record(part.class_index, part.confidence, part.probabilities, inputs)
+        # Small batches: the Python values, here on the inference thread, converted once for the whole batch.
+        small = sum(len(part) for part in parts) <= EAGER_VALUES_ROWS
+        values: list[RowValues | None] = list(RowValues.of_each(parts)) if small else [None] * len(parts)
         scored: dict[int, Scored] = {}
         start = 0
-        small = sum(len(outcome) for _, outcome in done) <= EAGER_VALUES_ROWS
-        for i, outcome in done:
-            if small:
-                outcome.values()  # here, on the inference thread, once for the whole batch
-            scored[i] = Scored(outcome, ids[start : start + len(outcome)])
+        for (i, outcome), part_values in zip(done, values, strict=True):
+            scored[i] = Scored(outcome, ids[start : start + len(outcome)], part_values)
             start += len(outcome)
         return [scored[i] if isinstance(outcome, BatchPrediction) else outcome for i, outcome in enumerate(outcomes)]
 

@@ -35,6 +35,7 @@ from service.card import LOGITS_OUTPUT, PROBABILITIES_OUTPUT
 from service.errors import InvalidInput, MalformedRequest
 from service.inference.engine import BatchPrediction, InferenceEngine
 from service.inference.inputs import InputSignature, check_instance_count, short_number, to_dtype
+from service.inference.rows import RowValues, prediction_sets
 
 PLATFORM = "onnx_onnxv1"
 HEADER_LENGTH = "inference-header-content-length"
@@ -398,20 +399,22 @@ def encode_infer_response(
     prediction: BatchPrediction,
     ids: list[str],
     coverage: float,
+    values: RowValues | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary tensors follow it."""
+    """The response body, and the JSON header's length when binary tensors follow it (``values``: the rows'
+    Python values when made with the micro-batch's, as ``Scored.values``)."""
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, binary in request.outputs:
         datatype, _ = OUTPUTS[name]
-        values = _output_values(engine, name, prediction, ids)
-        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(np.shape(values))}
+        data = _output_values(engine, name, prediction, ids, values)
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(np.shape(data))}
         if binary:
-            raw = _bytes_tensor(values) if datatype == "BYTES" else np.ascontiguousarray(values, "<f4").tobytes()
+            raw = _bytes_tensor(data) if datatype == "BYTES" else np.ascontiguousarray(data, "<f4").tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            tensor["data"] = values if datatype == "BYTES" else values.ravel().tolist()
+            tensor["data"] = data if datatype == "BYTES" else data.ravel().tolist()
         outputs.append(tensor)
     response: dict[str, Any] = {"model_name": engine.card.name, "model_version": engine.card.version}
     if request.id is not None:
@@ -424,7 +427,9 @@ def encode_infer_response(
     return header + b"".join(chunks), len(header)
 
 
-def _output_values(engine: InferenceEngine, name: str, prediction: BatchPrediction, ids: list[str]) -> Any:
+def _output_values(
+    engine: InferenceEngine, name: str, prediction: BatchPrediction, ids: list[str], values: RowValues | None
+) -> Any:
     if name == PROBABILITIES_OUTPUT:
         return prediction.probabilities.astype(np.float32)
     if name == LOGITS_OUTPUT:
@@ -437,7 +442,8 @@ def _output_values(engine: InferenceEngine, name: str, prediction: BatchPredicti
     if name == "label":
         return [classes[index] for index in prediction.class_index.tolist()]
     if name == "prediction_set":
-        return [PREDICTION_SET_SEPARATOR.join(classes[j] for j in row) for row in prediction.values().prediction_set]
+        members = values.prediction_set if values is not None else prediction_sets(prediction.prediction_set)
+        return [PREDICTION_SET_SEPARATOR.join(classes[j] for j in row) for row in members]
     return list(ids)  # prediction_id
 
 

@@ -11,6 +11,7 @@ import msgspec
 import numpy as np
 
 from service.inference.engine import BatchPrediction, InferenceEngine
+from service.inference.rows import RowValues
 
 
 def model_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any]:
@@ -43,12 +44,19 @@ def model_summary(engine: InferenceEngine, coverage: float) -> dict[str, Any]:
 
 
 def render_predictions(
-    engine: InferenceEngine, batch: BatchPrediction, ids: list[str], top_k: int | None, include_logits: bool
+    engine: InferenceEngine,
+    batch: BatchPrediction,
+    ids: list[str],
+    top_k: int | None,
+    include_logits: bool,
+    values: RowValues | None = None,
 ) -> list[dict[str, Any]]:
-    """One dict per row from the batch's Python values; the loop only assembles."""
+    """One dict per row from the batch's Python values (``values``: made with its micro-batch's, as
+    ``Scored.values``; None: converted here); the loop only assembles."""
     classes: list[str] = list(engine.card.classes)
     bands = band_dicts(engine)
-    values = batch.values()
+    if values is None:
+        values = RowValues.of(batch)
     expected = values.expected_accuracy
     k = min(top_k, len(classes)) if top_k else 0
     top = np.argsort(-batch.probabilities, axis=1, kind="stable")[:, :k].tolist() if k else None

@@ -8,7 +8,7 @@ never a Python loop over classes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -69,42 +69,6 @@ def wilson_interval(correct: float, n: int, z: float = 1.6448536269514722) -> tu
 
 
 @dataclass(frozen=True, slots=True)
-class RowValues:
-    """A batch's columns as Python values (what a JSON renderer needs), converted once per micro-batch:
-    ``tolist()`` costs about the same for 1 row as for 50, so converting per request would not."""
-
-    class_index: list[int]
-    confidence: list[float]
-    probabilities: list[list[float]]
-    prediction_set: list[list[int]]  # class indices in each row's set, ascending
-    band_index: list[int]
-    expected_accuracy: list[list[float]]  # per row: value, low, high (NaN where the band had no test samples)
-    entropy: list[float]
-    margin: list[float]
-    abstain: list[bool]
-
-    @classmethod
-    def of(cls, batch: BatchPrediction) -> RowValues:
-        rows, members = np.nonzero(batch.prediction_set)
-        ends = np.cumsum(np.bincount(rows, minlength=len(batch))).tolist()
-        flat = members.tolist()
-        return cls(
-            batch.class_index.tolist(),
-            batch.confidence.tolist(),
-            batch.probabilities.tolist(),
-            [flat[end - size : end] for end, size in zip(ends, np.diff(ends, prepend=0).tolist(), strict=True)],
-            batch.band_index.tolist(),
-            batch.expected_accuracy.tolist(),
-            batch.entropy.tolist(),
-            batch.margin.tolist(),
-            batch.abstain.tolist(),
-        )
-
-    def rows(self, start: int, stop: int) -> RowValues:
-        return RowValues(*(getattr(self, name)[start:stop] for name in self.__slots__))
-
-
-@dataclass(frozen=True, slots=True)
 class BatchPrediction:
     """Per-row arrays for one batch; ``band_index`` points into ``InferenceEngine.bands``."""
 
@@ -120,22 +84,9 @@ class BatchPrediction:
     abstain: NDArray[np.bool_]
     coverage: float
     broken: NDArray[np.bool_]
-    # A request's share of a micro-batch remembers the batch, so that Python values are made once.
-    source: tuple[BatchPrediction, int] | None = field(default=None, repr=False, compare=False)
-    _values: list[RowValues] = field(default_factory=list, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.class_index)
-
-    def values(self) -> RowValues:
-        """These rows as Python values; a share of a batch slices the batch's (converted once)."""
-        if not self._values:
-            if self.source is None:
-                self._values.append(RowValues.of(self))
-            else:
-                batch, start = self.source
-                self._values.append(batch.values().rows(start, start + len(self)))
-        return self._values[0]
 
     def rows(self, start: int, stop: int, coverage: float) -> BatchPrediction:
         """Rows ``start:stop`` (views, no copies): one request's share of a micro-batch."""
@@ -152,7 +103,6 @@ class BatchPrediction:
             abstain=self.abstain[start:stop],
             coverage=coverage,
             broken=self.broken[start:stop],
-            source=(self, start),
         )
 
 

@@ -22,6 +22,7 @@ from service.errors import InvalidInput, ModelNotReady, Overloaded
 from service.inference.artifact import load_artifact
 from service.inference.batching import MicroBatcher
 from service.inference.engine import BatchPrediction, InferenceEngine
+from service.inference.rows import RowValues
 from service.monitoring.monitor import LOG_FILE, Monitor
 from service.prediction import Predictor, Scored
 from service.settings import Settings
@@ -70,7 +71,7 @@ def assert_same_prediction(got: BatchPrediction, expected: BatchPrediction) -> N
         assert a.shape == b.shape, name
         assert np.array_equal(a, b), name
     assert got.coverage == expected.coverage
-    assert got.values() == expected.values()  # the Python values sliced from the batch's, too
+    assert RowValues.of(got) == RowValues.of(expected)
 
 
 def engine_process(engine: InferenceEngine, seen: list[list[int]]) -> Any:
@@ -106,6 +107,16 @@ def test_predict_many_equals_predicting_each_request_alone(
         assert isinstance(outcome, BatchPrediction)
         assert outcome.coverage == coverage  # each share knows its own conformal level
         assert_same_prediction(outcome, engine.predict(features, coverage))
+
+
+def test_values_of_a_micro_batch_are_each_share_s_own(engine: InferenceEngine, digits: NDArray[np.float32]) -> None:
+    """Converting a micro-batch's shares together and slicing gives exactly what converting each alone does."""
+    requests: list[Job] = [(digits[:1], 0.9), (digits[1:6], 0.95), (digits[6:9], 0.9)]
+    parts = engine.predict_many(requests)
+    assert all(isinstance(part, BatchPrediction) for part in parts)
+    shares = [part for part in parts if isinstance(part, BatchPrediction)]
+    assert RowValues.of_each(shares) == [RowValues.of(share) for share in shares]
+    assert RowValues.of_each(shares[1:2]) == [RowValues.of(shares[1])]
 
 
 def test_predict_many_keeps_the_order_of_requests(engine: InferenceEngine, digits: NDArray[np.float32]) -> None:
@@ -471,6 +482,8 @@ def test_predictor_logs_each_successful_row_once_under_its_id(
         assert len(outcome.ids) == len(features)
         assert outcome.ids == sorted(outcome.ids)
         assert_same_prediction(outcome.prediction, engine.predict(features, coverage))
+        # small micro-batches: the Python values made on the inference thread, sliced from the batch's
+        assert outcome.values == RowValues.of(engine.predict(features, coverage))
         every_id += outcome.ids
     assert len(set(every_id)) == len(every_id) == sum(sizes)
 
