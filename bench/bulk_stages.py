@@ -25,9 +25,10 @@ from sklearn.datasets import load_digits
 from service.api.parsing import parse_json
 from service.api.render import encode_json, model_summary, render_npz, render_predictions
 from service.inference.features import rows_to_matrix
-from service.main import load_engine
+from service.inference.rows import RowValues
 from service.monitoring.ids import new_ids
 from service.monitoring.log import PredictionLog, records_for_batch
+from service.repository import load_engine
 from service.settings import Settings
 
 ROWS = 1000
@@ -81,7 +82,7 @@ def main() -> int:
         writer = (time.perf_counter() - started) / REPEATS  # commits of 500 rows, WAL, synchronous=NORMAL
         log.close()
     stages.append(("log writer: SQLite inserts (own thread)", writer))
-    seconds, _ = timed(lambda: type(batch.values()).of(batch))
+    seconds, _ = timed(lambda: RowValues.of(batch))
     stages.append(("Python values of the batch (tolist)", seconds))
     summary = model_summary(engine, 0.9)
     seconds, predictions = timed(lambda: render_predictions(engine, batch, ids, None, False))

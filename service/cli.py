@@ -7,6 +7,7 @@ Sub-commands import what they need when they run, so ``calibserve serve`` never 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,9 +103,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         own_metrics_dir = metrics_dir.claim(settings.data_dir / "prometheus")
         atexit.register(metrics_dir.release, own_metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(own_metrics_dir.resolve())
-    from service.main import load_engine
+    from service.repository import load_engine
 
-    load_engine(settings)  # fail fast, before uvicorn, with a message naming the file and the problem
+    if settings.model_repository is None:
+        load_engine(settings)  # fail fast, before uvicorn, with a message naming the file and the problem
     # Worker processes build their own Settings from the environment: hand the overrides down that way.
     for name, value in overrides.items():
         os.environ[f"{ENV_PREFIX}{name.upper()}"] = str(value)
@@ -247,6 +249,12 @@ def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     calibrate.add_argument("--label-column", default="label", help="CSV column holding the class")
     calibrate.add_argument("--seed", type=int, default=0, help="seeds the calibration / test split")
+    calibrate.add_argument(
+        "--temperature",
+        type=float,
+        help="use this temperature instead of fitting one (e.g. 1: serve the model's own scores, an uncalibrated "
+        "baseline to shadow a calibrated version with); the card measures it as for a fitted one",
+    )
     calibrate.add_argument("--no-progress", action="store_true", help="no progress lines while scoring large data")
     calibrate.set_defaults(handler=_run_calibrate)
 
@@ -267,6 +275,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        print(f"calibserve calibrate: --temperature must be a positive number, got {args.temperature}", file=sys.stderr)
+        return 2
     if args.label_smoothing is not None and not 0.0 <= args.label_smoothing < 1.0:
         print(f"calibserve calibrate: --label-smoothing must be in [0, 1), got {args.label_smoothing}", file=sys.stderr)
         return 2
@@ -283,6 +294,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         label_column=args.label_column,
         progress=not args.no_progress,
+        temperature=args.temperature,
     )
     result = calibrate_model(args.model, args.data, options, args.test_data)
     for note in result.notes:

@@ -12,6 +12,7 @@ trainer, the inference engine and the monitor can fail precisely without knowing
     ├── Unauthorized                  a protected endpoint without the right API key (401)
     ├── ModelNotFound                 no model of that name / version is loaded
     ├── ModelNotReady                 the model is still loading or failed to load (503)
+    ├── ModelLoadFailed               a requested (re)load failed; the old version serves on (400, as Triton)
     ├── Overloaded                    more queued work than can be answered in time (503, Retry-After)
     ├── StoreUnavailable              the prediction store cannot be read or written now (503, Retry-After)
     ├── ArtifactError                 model.onnx / card.json missing, corrupt or inconsistent
@@ -47,6 +48,10 @@ class ModelNotFound(ServiceError):
 
 class ModelNotReady(ServiceError):
     """The model is not loaded (yet); readiness reports the same condition."""
+
+
+class ModelLoadFailed(ServiceError):
+    """An operator's load of a model failed (a broken artifact); the version that served before serves on."""
 
 
 class Overloaded(ServiceError):

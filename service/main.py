@@ -1,7 +1,8 @@
 """The ASGI application: ``create_app(settings)``; ``service.main:app`` for uvicorn.
 
-The lifespan loads and verifies the artifact once; a broken artifact stops start-up with a message
-naming the file. Importing this module loads no torch (a test asserts it).
+The lifespan loads and verifies every model of the repository (``service.repository``); start-up fails
+with a message naming the file when none loads (or a single ``CALIBSERVE_MODEL_PATH`` does not).
+ Importing this module loads no torch (a test asserts it).
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ from service.api.parsing import NPY_MEDIA_TYPE
 from service.api.routes import feedback, health, models, predict, v2
 from service.api.shortcut import HotRoutes
 from service.inference.admission import Admission
-from service.inference.artifact import load_artifact
 from service.inference.engine import InferenceEngine
 from service.logs import configure_logging
-from service.monitoring.monitor import Monitor
 from service.monitoring.requests import RequestMetrics
-from service.prediction import Predictor
+from service.repository import ModelRepository
 from service.settings import Settings
 
 logger = logging.getLogger("calibserve")
@@ -38,18 +37,6 @@ Calibrated class probabilities with the trust metadata of the model's calibratio
 temperature-scaled probabilities, a split-conformal prediction set, the accuracy the model had on its
 test split at this confidence, and the card's ECE with its sample size.
 """
-
-
-def load_engine(settings: Settings) -> InferenceEngine:
-    artifact = load_artifact(settings.model_path)
-    return InferenceEngine(
-        artifact,
-        abstain_below=settings.abstain_below,
-        target_accuracy=settings.target_accuracy,
-        min_bin_support=settings.min_bin_support,
-        conformal_guarantee=settings.conformal_guarantee,
-        threads=settings.inference_threads,
-    )
 
 
 def tune_garbage_collector() -> None:
@@ -73,31 +60,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = load_engine(settings)
-        monitor = Monitor(settings, engine.card)
-        predictor = Predictor(
-            engine,
-            monitor,
-            max_batch_rows=settings.batch_max_rows,
-            max_batch_wait_s=settings.batch_max_wait_ms / 1000,
-            max_queue_rows=settings.max_queue_rows,
-            queue_timeout_s=settings.queue_timeout_ms / 1000,
-        )
-        app.state.engine, app.state.monitor, app.state.predictor = engine, monitor, predictor
+        repository = ModelRepository(settings, on_change=lambda: setattr(app, "openapi_schema", None))
+        try:
+            await repository.start()
+        except BaseException:
+            await repository.close()
+            raise
+        app.state.repository = repository
+        app.openapi_schema = None  # describe the models now loaded
         tune_garbage_collector()
-        logger.info("serving %s version %s from %s", engine.card.name, engine.card.version[:12], settings.model_path)
+        for served in repository.serving():
+            logger.info("serving %s version %s from %s", served.name, served.version[:12], served.path)
         try:
             yield
         finally:
-            app.state.engine = app.state.monitor = app.state.predictor = None
-            await predictor.close()
-            monitor.close()  # drains the log queue: every acknowledged prediction is committed
+            app.state.repository = None
+            await repository.close()  # answers what is queued, then commits every acknowledged prediction
 
     app = FastAPI(title="calibserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    app.state.engine = None
-    app.state.monitor = None
-    app.state.predictor = None
+    app.state.repository = None
     install_error_handlers(app)
     app.add_middleware(HotRoutes, fastapi=app)  # added first: the innermost, inside the guards
     admission = Admission(settings.max_concurrent_requests, settings.queue_timeout_ms / 1000)
@@ -105,16 +87,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AdmissionGate, admission=admission)  # inside the guards, before the body is read
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, binary_routes={NPY_MEDIA_TYPE: ("/predict",)})
     # Outermost: ids on every answer; requests counted and timed whatever answered them.
-    app.add_middleware(RequestContext, metrics=RequestMetrics(), served_model=lambda: _served(app))
+    app.add_middleware(RequestContext, metrics=RequestMetrics())
     for module in (predict, feedback, models, health, v2):
         app.include_router(module.router)
-    install_model_openapi(app, lambda: app.state.engine.card if app.state.engine else None, settings.max_instances)
+    install_model_openapi(app, lambda: _engines(app), lambda: _default(app), settings.max_instances)
     return app
 
 
-def _served(app: FastAPI) -> tuple[str, str] | None:
-    engine: InferenceEngine | None = app.state.engine
-    return None if engine is None else (engine.card.name, engine.card.version[:12])
+def _engines(app: FastAPI) -> list[InferenceEngine]:
+    repository: ModelRepository | None = app.state.repository
+    return [] if repository is None else [served.engine for served in repository.serving()]
+
+
+def _default(app: FastAPI) -> str | None:
+    repository: ModelRepository | None = app.state.repository
+    return None if repository is None else repository.default_or_none()
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,7 @@ means a full log queue ("wait" policy) slows inference down instead of blocking 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +49,13 @@ class Predictor:
         max_batch_wait_s: float,
         max_queue_rows: int | None = None,
         queue_timeout_s: float | None = None,
+        on_scored: Callable[[list[str], NDArray[Any]], None] | None = None,
     ) -> None:
+        """``on_scored`` hears every logged batch's ids and input on the inference thread, after the answers
+        are made (shadow scoring hands them to a challenger's queue there; it must not block)."""
         self.engine = engine
         self.monitor = monitor
+        self.on_scored = on_scored
         self.batcher: MicroBatcher[Job, Scored] = MicroBatcher(
             self.score_batch,
             _rows,
@@ -79,16 +83,20 @@ class Predictor:
         dtype = self.engine.signature.dtype  # what the graph was fed (a direct caller's float64 was converted)
         features = [np.asarray(jobs[i][0], dtype=dtype) for i, _ in done]
         if all(part.shape[1:] == features[0].shape[1:] for part in features):
+            stacked = _joined(features)
             ids = self.monitor.record(
                 _joined([part.class_index for part in parts]),
                 _joined([part.confidence for part in parts]),
                 _joined([part.probabilities for part in parts]),
-                _joined(features),
+                stacked,
             )
+            shadowed = [(ids, stacked)]
         else:  # instances differing in a free dimension (sequence lengths) cannot be stacked: one record each
-            ids = []
+            ids, shadowed = [], []
             for part, inputs in zip(parts, features, strict=True):
-                ids += self.monitor.record(part.class_index, part.confidence, part.probabilities, inputs)
+                part_ids = self.monitor.record(part.class_index, part.confidence, part.probabilities, inputs)
+                ids += part_ids
+                shadowed.append((part_ids, inputs))
         # Small batches: the Python values, here on the inference thread, converted once for the whole batch.
         small = sum(len(part) for part in parts) <= EAGER_VALUES_ROWS
         values: list[RowValues | None] = list(RowValues.of_each(parts)) if small else [None] * len(parts)
@@ -97,6 +105,9 @@ class Predictor:
         for (i, outcome), part_values in zip(done, values, strict=True):
             scored[i] = Scored(outcome, ids[start : start + len(outcome)], part_values)
             start += len(outcome)
+        if self.on_scored is not None:
+            for batch_ids, inputs in shadowed:
+                self.on_scored(batch_ids, inputs)
         return [scored[i] if isinstance(outcome, BatchPrediction) else outcome for i, outcome in enumerate(outcomes)]
 
     async def close(self) -> None:

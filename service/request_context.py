@@ -25,3 +25,7 @@ def received_at() -> float:
     """When the current request arrived, or now outside a request."""
     stamp = RECEIVED_AT.get()
     return time.monotonic() if stamp is None else stamp
+
+
+# (name, card version's first 12 hex digits) of the model version answering this request, for the access log.
+SERVED_MODEL: ContextVar[tuple[str, str] | None] = ContextVar("calibserve_served_model", default=None)

@@ -35,6 +35,31 @@ class Settings(BaseSettings):
     model_path: Path = Field(
         default_factory=default_model_path, description="artifact directory (with model.onnx) or .onnx file"
     )
+    model_repository: Path | None = Field(
+        None,
+        description="a directory of models: every subdirectory holding an artifact (model.onnx) is a model named "
+        "after the subdirectory (exclusive with model_path; unset: model_path is a repository of one)",
+    )
+    default_model: str | None = Field(
+        None, description="the model /v1/predict answers when the request names none (unset: the only model)"
+    )
+    repository_poll_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="poll the model repository this often and load new, changed and removed models, as Triton's "
+        "--model-control-mode=poll (unset: load and unload only through POST /v2/repository/...)",
+    )
+    shadow: str | None = Field(
+        None,
+        description="champion:challenger pairs, comma separated (e.g. digits:digits-v2): every request the champion "
+        "answers is also scored by the challenger off the request path, for GET /v1/models/{champion}/shadow",
+    )
+    shadow_queue_rows: int = Field(
+        4096, ge=1, description="rows waiting for a shadow challenger; past this they are skipped and counted"
+    )
+    shadow_window: int = Field(
+        5000, ge=1, description="shadow comparison: the last N requests both models scored (and N labelled ones)"
+    )
     host: str = Field("127.0.0.1", description="interface to bind (0.0.0.0 in containers)")
     port: int = Field(8000, ge=1, le=65535, description="TCP port")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
@@ -149,7 +174,18 @@ class Settings(BaseSettings):
         "pending and counts once the prediction lands",
     )
 
-    @field_validator("api_key", "abstain_below", "target_accuracy", "window_hours", "limit_concurrency", mode="before")
+    @field_validator(
+        "api_key",
+        "abstain_below",
+        "target_accuracy",
+        "window_hours",
+        "limit_concurrency",
+        "model_repository",
+        "default_model",
+        "repository_poll_seconds",
+        "shadow",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # compose passes `${CALIBSERVE_API_KEY:-}` as an empty string: that means "not set", not "empty key".
@@ -161,4 +197,23 @@ class Settings(BaseSettings):
             raise ValueError("set at most one of abstain_below and target_accuracy")
         if self.ece_critical < self.ece_warning:
             raise ValueError("ece_critical must be >= ece_warning")
+        if self.model_repository is not None and "model_path" in self.model_fields_set:
+            raise ValueError("set at most one of model_path and model_repository")
+        self.shadow_pairs  # noqa: B018 (validates the pairs' syntax at start-up)
         return self
+
+    @property
+    def shadow_pairs(self) -> list[tuple[str, str]]:
+        """``shadow`` as (champion, challenger) pairs."""
+        pairs = []
+        for item in (self.shadow or "").split(","):
+            if not item.strip():
+                continue
+            champion, colon, challenger = (part.strip() for part in item.partition(":"))
+            if not colon or not champion or not challenger or champion == challenger or ":" in challenger:
+                raise ValueError(f"shadow: {item.strip()!r} is not 'champion:challenger' (two different model names)")
+            pairs.append((champion, challenger))
+        champions = [champion for champion, _ in pairs]
+        if len(set(champions)) != len(champions):
+            raise ValueError("shadow: a champion can have one challenger at a time")
+        return pairs

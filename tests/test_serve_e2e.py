@@ -141,7 +141,12 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
 
 def test_serve_becomes_ready_with_the_bundled_model(lifecycle: Lifecycle) -> None:
     card = json.loads((DEFAULT_MODEL_DIR / "card.json").read_text(encoding="utf-8"))
-    assert lifecycle.ready.json() == {"status": "ready", "model": "digits", "version": card["version"]}
+    assert lifecycle.ready.json() == {
+        "status": "ready",
+        "model": "digits",
+        "version": card["version"],
+        "models": [{"name": "digits", "version": card["version"]}],
+    }
     assert "serving digits" in lifecycle.output
 
 

@@ -1,13 +1,13 @@
-"""Request-scoped access to what the lifespan loaded."""
+"""Request-scoped access to what the lifespan built: the settings and the model repository."""
 
 from __future__ import annotations
 
-from fastapi import Request
+import hmac
 
-from service.errors import ModelNotFound, ModelNotReady
-from service.inference.engine import InferenceEngine
-from service.monitoring.monitor import Monitor
-from service.prediction import Predictor
+from fastapi import Depends, Request
+
+from service.errors import ModelNotReady, Unauthorized
+from service.repository import ModelRepository
 from service.settings import Settings
 
 
@@ -16,30 +16,20 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_engine(request: Request) -> InferenceEngine:
-    engine: InferenceEngine | None = request.app.state.engine
-    if engine is None:
-        raise ModelNotReady("the model is not loaded yet", {"retry": True})
-    return engine
+def get_repository(request: Request) -> ModelRepository:
+    repository: ModelRepository | None = request.app.state.repository
+    if repository is None or not repository.started:
+        raise ModelNotReady("the models are not loaded yet", {"retry": True})
+    return repository
 
 
-def get_predictor(request: Request) -> Predictor:
-    predictor: Predictor | None = request.app.state.predictor
-    if predictor is None:
-        raise ModelNotReady("the model is not loaded yet", {"retry": True})
-    return predictor
-
-
-def require_model(engine: InferenceEngine, name: str | None) -> None:
-    if name is not None and name != engine.card.name:
-        raise ModelNotFound(
-            f"model {name[:200]!r} is not loaded; this server serves {engine.card.name!r}",
-            {"model": name[:200], "available": [engine.card.name]},
-        )
-
-
-async def get_monitor(request: Request) -> Monitor:
-    monitor: Monitor | None = request.app.state.monitor
-    if monitor is None:
-        raise ModelNotReady("the model is not loaded yet", {"retry": True})
-    return monitor
+def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:
+    """Writes (feedback, the repository's load and unload, shadow pairs) need the API key when one is set."""
+    if settings.api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    valid = scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), settings.api_key.get_secret_value().encode()
+    )  # the scheme is case-insensitive (RFC 7235); the key comparison takes constant time
+    if not valid:
+        raise Unauthorized(f"{request.url.path} needs 'Authorization: Bearer <CALIBSERVE_API_KEY>'")

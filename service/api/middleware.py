@@ -13,7 +13,6 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,7 +22,7 @@ from service.errors import Overloaded, PayloadTooLarge, ServiceError, Unsupporte
 from service.inference.admission import Admission
 from service.monitoring.prometheus import SHED
 from service.monitoring.requests import RequestMetrics
-from service.request_context import RECEIVED_AT, REQUEST_ID, SCOPE_RECEIVED_AT, received_at
+from service.request_context import RECEIVED_AT, REQUEST_ID, SCOPE_RECEIVED_AT, SERVED_MODEL, received_at
 
 access_logger = logging.getLogger("calibserve.access")
 
@@ -52,11 +51,9 @@ class RequestContext:
         self,
         app: ASGIApp,
         metrics: RequestMetrics,
-        served_model: Callable[[], tuple[str, str] | None] = lambda: None,
     ) -> None:
         self.app = app
         self.metrics = metrics
-        self.served_model = served_model  # (name, version) for the access log, None before the model loads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,6 +63,7 @@ class RequestContext:
         request_id = accepted_request_id(supplied)
         token = REQUEST_ID.set(request_id)
         received = RECEIVED_AT.set(scope.get(SCOPE_RECEIVED_AT) or time.monotonic())
+        served = SERVED_MODEL.set(None)  # the model version that answers sets it (repository.lease)
         header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         started = time.perf_counter()
         status = 500
@@ -84,9 +82,10 @@ class RequestContext:
             route = str(getattr(scope.get("route"), "path", None) or "unmatched")  # the template, never the path
             self.metrics.record(route, scope["method"], status, seconds)
             if access_logger.isEnabledFor(logging.INFO):
-                _log_access(scope, route, status, seconds, self.served_model())
+                _log_access(scope, route, status, seconds, SERVED_MODEL.get())
             REQUEST_ID.reset(token)
             RECEIVED_AT.reset(received)
+            SERVED_MODEL.reset(served)
 
 
 def _log_access(scope: Scope, route: str, status: int, seconds: float, model: tuple[str, str] | None) -> None:

@@ -39,7 +39,7 @@ from service.inference.rows import RowValues, prediction_sets
 
 PLATFORM = "onnx_onnxv1"
 HEADER_LENGTH = "inference-header-content-length"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 # Tensor datatypes accepted for the input (whatever its own type: values are converted exactly, see
 # service.inference.inputs), as little-endian numpy dtypes.
 INPUT_DTYPES = {
@@ -357,7 +357,7 @@ def model_metadata(engine: InferenceEngine) -> dict[str, Any]:
     card = engine.card
     signature = engine.signature
     return {
-        "name": card.name,
+        "name": engine.name,
         "versions": [card.version],
         "platform": PLATFORM,
         "inputs": [
@@ -416,7 +416,7 @@ def encode_infer_response(
         else:
             tensor["data"] = data if datatype == "BYTES" else data.ravel().tolist()
         outputs.append(tensor)
-    response: dict[str, Any] = {"model_name": engine.card.name, "model_version": engine.card.version}
+    response: dict[str, Any] = {"model_name": engine.name, "model_version": engine.card.version}
     if request.id is not None:
         response["id"] = request.id
     response["parameters"] = calibration_parameters(engine, coverage)

@@ -9,7 +9,8 @@ document, so a client generated from it (or a schema-based fuzzer) sends what is
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 
 from service.api.schemas import PredictRequest
 from service.card import CalibrationCard
+from service.inference.engine import InferenceEngine
 from service.inference.inputs import FLOAT32_MAX, FREE, InputSignature
 
 FEATURE = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}  # a float32 input's value
@@ -49,11 +51,12 @@ def instance_schema(signature: InputSignature) -> dict[str, Any]:
     return schema
 
 
-def describe_model(schema: dict[str, Any], card: CalibrationCard, max_instances: int) -> dict[str, Any]:
-    schema = copy.deepcopy(schema)
+def describe_request(request: dict[str, Any], card: CalibrationCard, name: str, max_instances: int) -> dict[str, Any]:
+    """``PredictRequest``'s schema narrowed to what model ``name`` (served from ``card``) accepts."""
+    request = copy.deepcopy(request)
+    properties = request["properties"]
     signature = InputSignature.of(card.io)
-    request = schema["components"]["schemas"]["PredictRequest"]["properties"]
-    instances = request["instances"]
+    instances = properties["instances"]
     instances["maxItems"] = max_instances
     as_list, as_object = instances["items"]["oneOf"]
     described = instance_schema(signature)
@@ -64,21 +67,60 @@ def describe_model(schema: dict[str, Any], card: CalibrationCard, max_instances:
         as_list.clear()
         as_list.update(described)
         as_object.pop("additionalProperties", None)
-        as_object["properties"] = {name: value_schema(signature) for name in signature.feature_names}
+        as_object["properties"] = {feature: value_schema(signature) for feature in signature.feature_names}
         as_object["required"] = list(signature.feature_names)
         as_object["additionalProperties"] = False
-    request["coverage"]["enum"] = [level.coverage for level in card.conformal]
-    request["coverage"]["default"] = min(level.coverage for level in card.conformal)  # = engine.default_coverage
-    request["top_k"]["anyOf"][0]["maximum"] = card.n_classes
-    request["model"]["anyOf"][0]["enum"] = [card.name]
+    properties["coverage"]["enum"] = [level.coverage for level in card.conformal]
+    properties["coverage"]["default"] = min(level.coverage for level in card.conformal)  # = default_coverage
+    properties["top_k"]["anyOf"][0]["maximum"] = card.n_classes
+    properties["model"]["anyOf"][0]["enum"] = [name]
+    return request
+
+
+def describe_models(
+    schema: dict[str, Any], engines: Sequence[InferenceEngine], default: str | None, max_instances: int
+) -> dict[str, Any]:
+    """The document for the models served now: each model's request schema (``PredictRequest_<name>``) and
+    its own ``/v1/models/<name>/predict`` path; ``PredictRequest`` (the body of ``/v1/predict``) is the
+    default model's; the path parameters list the served names and versions."""
+    schema = copy.deepcopy(schema)
+    components = schema["components"]["schemas"]
+    generic = components["PredictRequest"]
+    template = schema["paths"].get("/v1/models/{name}/predict", {}).get("post")
+    for engine in engines:
+        component = f"PredictRequest_{_component_name(engine.name)}"
+        components[component] = describe_request(generic, engine.card, engine.name, max_instances)
+        if engine.name == default:
+            components["PredictRequest"] = describe_request(generic, engine.card, engine.name, max_instances)
+        if template is not None:
+            schema["paths"][f"/v1/models/{engine.name}/predict"] = {"post": _concrete(template, engine.name, component)}
+    if default is None:
+        components["PredictRequest"]["properties"]["model"]["anyOf"][0]["enum"] = [e.name for e in engines]
     for path in schema["paths"].values():
         for operation in path.values():
             for parameter in operation.get("parameters", []):
                 if parameter.get("name") == "name" and parameter.get("in") == "path":
-                    parameter["schema"]["enum"] = [card.name]
+                    parameter["schema"]["enum"] = [engine.name for engine in engines]
                 if parameter.get("name") == "version" and parameter.get("in") == "path":
-                    parameter["schema"]["enum"] = [card.version]
+                    parameter["schema"]["enum"] = sorted({engine.card.version for engine in engines})
     return schema
+
+
+def _component_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def _concrete(operation: dict[str, Any], name: str, component: str) -> dict[str, Any]:
+    """The templated predict operation for one model: no path parameter, its own request schema."""
+    operation = copy.deepcopy(operation)
+    operation["operationId"] = f"{operation.get('operationId', 'predict_named')}_{_component_name(name)}"
+    operation["summary"] = f"Predict with {name}"
+    operation["parameters"] = [p for p in operation.get("parameters", []) if p.get("name") != "name"]
+    if not operation["parameters"]:
+        del operation["parameters"]
+    json_body = operation["requestBody"]["content"]["application/json"]
+    json_body["schema"] = {"$ref": f"#/components/schemas/{component}"}
+    return operation
 
 
 def add_request_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -91,19 +133,25 @@ def add_request_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def install_model_openapi(app: FastAPI, card_of: Callable[[], CalibrationCard | None], max_instances: int) -> None:
-    """Replace ``app.openapi`` so the document names the loaded model's shapes once it is loaded."""
+def install_model_openapi(
+    app: FastAPI,
+    engines_of: Callable[[], Sequence[InferenceEngine]],
+    default_of: Callable[[], str | None],
+    max_instances: int,
+) -> None:
+    """Replace ``app.openapi`` so the document names the served models' shapes once they are loaded. The
+    document is cached until the repository changes (a load or unload clears ``app.openapi_schema``)."""
     generic = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = add_request_schema(generic())
-        card = card_of()
-        if card is None:
+        engines = engines_of()
+        if not engines:
             app.openapi_schema = None  # not loaded yet: answer the generic document, do not cache it
             return schema
-        app.openapi_schema = describe_model(schema, card, max_instances)
+        app.openapi_schema = describe_models(schema, engines, default_of(), max_instances)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -268,6 +268,20 @@ def raw_fields(body: bytes) -> dict[str, msgspec.Raw] | None:
         return None
 
 
+def requested_model(body: bytes) -> str | None:
+    """The request's ``model`` when it is a string, read without decoding the instances (a server of several
+    models must know the model before it can decode them with its input type); None otherwise (absent, or
+    not a string: the full parse names that problem)."""
+    fields = raw_fields(body)
+    raw = None if fields is None else fields.get("model")
+    if raw is None:
+        return None
+    try:
+        return msgspec.json.decode(raw, type=str)
+    except msgspec.DecodeError:
+        return None
+
+
 def is_array(raw: msgspec.Raw) -> bool:
     return memoryview(raw)[:1].tobytes() == b"["
 

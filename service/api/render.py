@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import math
+import weakref
 from typing import Any
 
 import msgspec
@@ -95,14 +95,22 @@ def render_predictions(
     return predictions
 
 
-@functools.lru_cache(maxsize=16)
+# Per-engine caches, weakly keyed: a replaced model version's engine (and its onnxruntime session) is freed
+# once its last request is answered, not kept alive by a cache of what its answers looked like.
+_BANDS: weakref.WeakKeyDictionary[InferenceEngine, list[dict[str, Any]]] = weakref.WeakKeyDictionary()
+_SUMMARIES: weakref.WeakKeyDictionary[InferenceEngine, dict[float, msgspec.Raw]] = weakref.WeakKeyDictionary()
+
+
 def band_dicts(engine: InferenceEngine) -> list[dict[str, Any]]:
     """The band part of each row's ``expected_accuracy`` (its confidence range and test support), once per
     engine; rows copy it into their own dict, never modify it."""
-    return [
-        {"confidence_lower": band.lower, "confidence_upper": band.upper, "support": band.support}
-        for band in engine.bands
-    ]
+    bands = _BANDS.get(engine)
+    if bands is None:
+        bands = _BANDS[engine] = [
+            {"confidence_lower": band.lower, "confidence_upper": band.upper, "support": band.support}
+            for band in engine.bands
+        ]
+    return bands
 
 
 def _expected(row: list[float], band: dict[str, Any]) -> dict[str, Any]:
@@ -112,10 +120,12 @@ def _expected(row: list[float], band: dict[str, Any]) -> dict[str, Any]:
     return {"value": value, "interval": [low, high], **band}
 
 
-@functools.lru_cache(maxsize=64)
 def model_summary_json(engine: InferenceEngine, coverage: float) -> msgspec.Raw:
     """``model_summary`` encoded once per engine and coverage (it is the same in every response)."""
-    return msgspec.Raw(encode_json(model_summary(engine, coverage)))
+    encoded = _SUMMARIES.setdefault(engine, {})
+    if coverage not in encoded:
+        encoded[coverage] = msgspec.Raw(encode_json(model_summary(engine, coverage)))
+    return encoded[coverage]
 
 
 def encode_json(content: Any) -> bytes:

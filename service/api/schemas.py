@@ -213,7 +213,11 @@ class HealthStatus(BaseModel):
 
 
 class ModelList(BaseModel):
-    models: list[dict[str, Any]]
+    models: list[dict[str, Any]] = Field(
+        description="every model of the repository: name, state (loading, ready, unavailable), reason, and for a "
+        "model that serves, its summary and its shadow challenger"
+    )
+    default: str | None = Field(description="the model a request that names none goes to (null: name one)")
 
 
 class FeedbackItem(BaseModel):

@@ -235,6 +235,7 @@ class InferenceEngine:
         self,
         artifact: LoadedArtifact,
         *,
+        name: str | None = None,
         abstain_below: float | None = None,
         target_accuracy: float | None = None,
         min_bin_support: int = 10,
@@ -242,6 +243,7 @@ class InferenceEngine:
         threads: int = 1,
     ) -> None:
         self.card = artifact.card
+        self.name = name or self.card.name  # the name it is served by (a repository's directory), in every answer
         # What every protocol decodes requests into: the input's name, dtype and instance shape.
         self.signature = InputSignature.of(self.card.io)
         options = ort.SessionOptions()
@@ -275,7 +277,7 @@ class InferenceEngine:
         # The trust figures of every answer, per level: built here once, formatted by each protocol.
         self.summaries: dict[float, TrustSummary] = {
             coverage: trust_summary(
-                self.card, coverage, given, self.abstain_threshold, conformal_guarantee, self.pac_delta
+                self.name, self.card, coverage, given, self.abstain_threshold, conformal_guarantee, self.pac_delta
             )
             for coverage, given in self.coverage_given_card.items()
         }

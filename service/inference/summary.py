@@ -32,6 +32,7 @@ class TrustSummary:
 
 
 def trust_summary(
+    name: str,
     card: CalibrationCard,
     coverage: float,
     given: CoverageGivenCard,
@@ -41,7 +42,7 @@ def trust_summary(
 ) -> TrustSummary:
     after = card.test.after_temperature
     return TrustSummary(
-        name=card.name,
+        name=name,
         version=card.version,
         temperature=card.temperature.value,
         label_smoothing=card.label_smoothing,

@@ -55,24 +55,31 @@ CHUNK = 500
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
-    id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    model TEXT NOT NULL,
     ts REAL NOT NULL,
     model_version TEXT NOT NULL,
+    served INTEGER NOT NULL,
     class_index INTEGER NOT NULL,
     confidence REAL NOT NULL,
     probabilities BLOB NOT NULL,
-    features BLOB
+    features BLOB,
+    PRIMARY KEY (id, model)
 );
 -- No index on predictions.ts: it cost a quarter of the insert rate (bench/RESULTS.md), and the reads
--- that filter on ts walk the id key instead (UUIDv7 ids sort by time). Files from before lose it here.
-DROP INDEX IF EXISTS predictions_ts;
+-- that filter on ts walk the id key instead (UUIDv7 ids sort by time).
 CREATE TABLE IF NOT EXISTS feedback (
     prediction_id TEXT PRIMARY KEY,
-    label INTEGER NOT NULL,
+    label TEXT NOT NULL,
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
+PRAGMA user_version = 2;
 """
+# Version 2 keys a prediction by (id, model): a shadow model's score of a request shares the request's id,
+# and a label is the class *name* (models of one server may have different classes). Version 1 files
+# (one model, integer labels) are moved aside at start-up, never rewritten: see ``open_or_recover``.
+SCHEMA_VERSION = 2
 
 
 class PredictionRecord(NamedTuple):
@@ -83,8 +90,10 @@ class PredictionRecord(NamedTuple):
     A tuple, in the table's column order, so that ``executemany`` takes the rows as they are."""
 
     id: str
+    model: str
     ts: float
     model_version: str
+    served: bool  # False: a shadow model's score of a request another model answered
     class_index: int
     confidence: float
     probabilities: bytes
@@ -98,6 +107,17 @@ class StoreProblem:
     path: str
     reason: str
     since: float
+
+
+@dataclass(frozen=True, slots=True)
+class PairedWindow:
+    """Probabilities [n, K] of the same requests under two models, and the labelled subset [m, K] with labels."""
+
+    champion: NDArray[np.float64]
+    challenger: NDArray[np.float64]
+    labelled_champion: NDArray[np.float64]
+    labelled_challenger: NDArray[np.float64]
+    labels: NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +163,8 @@ def open_store(path: Path) -> tuple[sqlite3.Connection, FileIdentity]:
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = connect(path)
     try:
+        if _is_outdated(connection):
+            raise OutdatedStore(f"{path} is a prediction log of schema version 1 (one model per file)")
         connection.executescript(SCHEMA)
         identity = file_identity(path)
         if identity is None:
@@ -151,6 +173,16 @@ def open_store(path: Path) -> tuple[sqlite3.Connection, FileIdentity]:
         connection.close()
         raise
     return connection, identity
+
+
+class OutdatedStore(sqlite3.DatabaseError):
+    """A log written by an older calibserve, in a schema this one does not read."""
+
+
+def _is_outdated(connection: sqlite3.Connection) -> bool:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'predictions'").fetchone()
+    return bool(version < SCHEMA_VERSION and found is not None)
 
 
 def is_corrupt(error: sqlite3.Error) -> bool:
@@ -168,15 +200,15 @@ def describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def move_aside(path: Path) -> Path:
-    """Rename a corrupt log (and its WAL and shared-memory files, so a new database never replays the
-    old WAL) to ``<name>.corrupt-<UTC time>``: kept for a post-mortem, out of the way of a fresh log."""
+def move_aside(path: Path, tag: str = "corrupt") -> Path:
+    """Rename a corrupt or outdated log (and its WAL and shared-memory files, so a new database never replays
+    the old WAL) to ``<name>.<tag>-<UTC time>``: kept for a post-mortem, out of the way of a fresh log."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    target = path.with_name(f"{path.name}.{tag}-{stamp}")
     attempt = 1
     while target.exists():
         attempt += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{attempt}")
+        target = path.with_name(f"{path.name}.{tag}-{stamp}-{attempt}")
     path.rename(target)
     for suffix in ("-wal", "-shm"):
         side = path.with_name(path.name + suffix)
@@ -186,31 +218,41 @@ def move_aside(path: Path) -> Path:
 
 
 def open_or_recover(path: Path) -> tuple[sqlite3.Connection, FileIdentity]:
-    """``open_store`` at start-up; a file that is not a database is moved aside and a fresh log started.
+    """``open_store`` at start-up; a file that is not a database, or a log of schema version 1, is moved aside
+    and a fresh log started (a version 1 log's window restarts: it had one model and integer labels).
 
-    Several workers may start on the same corrupt file at once: only the file that was found corrupt is
-    moved (its inode is compared first), so a worker never moves away the fresh log another one made.
+    Several workers may start on the same file at once: only the file that was found unusable is moved (its
+    inode is compared first), so a worker never moves away the fresh log another one made.
     """
     for _ in range(3):
         found = file_identity(path)
         try:
             return open_store(path)
         except sqlite3.DatabaseError as exc:
-            if not is_corrupt(exc):
+            outdated = isinstance(exc, OutdatedStore)
+            if not (outdated or is_corrupt(exc)):
                 raise
             if found is None or file_identity(path) != found:
                 continue  # another process moved it (and may have started the fresh log): look again
             try:
-                moved = move_aside(path)
+                moved = move_aside(path, "v1" if outdated else "corrupt")
             except FileNotFoundError:
                 continue
-            logger.error(
-                "prediction log %s is not a usable SQLite database (%s): moved it aside to %s and started a new log",
-                path,
-                describe(exc),
-                moved,
-            )
+            if outdated:
+                logger.warning("prediction log %s: %s; moved it aside to %s and started a new log", path, exc, moved)
+            else:
+                logger.error(
+                    "prediction log %s is not a usable SQLite database (%s): moved it aside to %s and started a "
+                    "new log",
+                    path,
+                    describe(exc),
+                    moved,
+                )
     return open_store(path)
+
+
+def _limit(limit: int | None) -> int:
+    return -1 if limit is None else limit  # SQLite: a negative LIMIT is no limit
 
 
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -220,7 +262,9 @@ def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
 
 def records_for_batch(
     ids: Sequence[str],
+    model: str,
     model_version: str,
+    served: bool,
     class_index: NDArray[np.intp],
     confidence: NDArray[np.float64],
     probabilities: NDArray[np.float64],
@@ -246,8 +290,10 @@ def records_for_batch(
         map(
             PredictionRecord,
             ids,
+            repeat(model),
             repeat(time.time()),
             repeat(model_version),
+            repeat(served),
             class_index.tolist(),
             confidence.tolist(),
             prob_blobs,
@@ -483,7 +529,7 @@ class PredictionLog:
                 return
             try:
                 connection.execute("BEGIN IMMEDIATE")
-                connection.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+                connection.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
                 connection.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(connection)
@@ -582,8 +628,10 @@ class PredictionLog:
         made = parse_id_time(prediction_id)
         return made is not None and now - self._pending_seconds <= made <= now + CLOCK_SKEW_S
 
-    def record_feedback(self, items: Sequence[tuple[str, int]]) -> list[FeedbackStatus]:
-        """Attach labels to logged predictions; idempotent for the same label, ``conflict`` for another.
+    def record_feedback(self, items: Sequence[tuple[str, str]]) -> list[FeedbackStatus]:
+        """Attach labels (class names) to logged predictions; idempotent for the same label, ``conflict`` for
+        another. A label belongs to the request, so it labels every model's prediction under that id (the
+        answer and any shadow score); each model's window reads it against its own classes.
 
         ``recorded``: the prediction is in the log. ``pending``: it is not there yet but the id is one we
         could have made recently; the label is kept and counts once the prediction lands. ``unknown_id``:
@@ -597,7 +645,7 @@ class PredictionLog:
             with closing(connect(self.path, create=False)) as connection:
                 try:
                     connection.execute("BEGIN IMMEDIATE")
-                    labels: dict[str, int] = {}
+                    labels: dict[str, str] = {}
                     for chunk in _chunks(unique):
                         marks = ",".join("?" * len(chunk))
                         query = f"SELECT prediction_id, label FROM feedback WHERE prediction_id IN ({marks})"
@@ -621,11 +669,11 @@ class PredictionLog:
         return statuses
 
     def _classify(
-        self, items: Sequence[tuple[str, int]], labels: dict[str, int], logged: set[str], now: float
-    ) -> tuple[list[FeedbackStatus], list[tuple[str, int, float]]]:
+        self, items: Sequence[tuple[str, str]], labels: dict[str, str], logged: set[str], now: float
+    ) -> tuple[list[FeedbackStatus], list[tuple[str, str, float]]]:
         """Each item's status in request order (a repeated id sees the label its first copy stored)."""
         statuses: list[FeedbackStatus] = []
-        rows: list[tuple[str, int, float]] = []
+        rows: list[tuple[str, str, float]] = []
         for prediction_id, label in items:
             known = labels.get(prediction_id)
             if known is not None:
@@ -649,26 +697,59 @@ class PredictionLog:
         )
 
     def labelled_window(
-        self, model_version: str, n_classes: int, limit: int | None, since: float | None
+        self, model: str, model_version: str, classes: Sequence[str], limit: int | None, since: float | None
     ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-        """The most recently labelled predictions of this model version: probabilities [n, K], labels [n].
+        """The most recently labelled predictions of this model version: probabilities [n, K], labels [n] as
+        indices into ``classes`` (a label that is not one of them is not this model's to judge: left out).
 
         A pending label joins here once its prediction has landed, and only then: the inner join counts
         each (prediction, label) pair once, as ``prediction_id`` is the feedback table's key."""
         query = (
             "SELECT p.probabilities, f.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
-            "WHERE p.model_version = ? AND f.ts >= ? ORDER BY f.ts DESC LIMIT ?"
+            "AND p.model = ? WHERE p.model_version = ? AND f.ts >= ? ORDER BY f.ts DESC LIMIT ?"
         )
-        rows = self._read(query, (model_version, since or 0.0, limit if limit is not None else -1))
-        probs = self._stack([r[0] for r in rows], n_classes)
-        return probs, np.asarray([r[1] for r in rows], dtype=np.int64)
+        rows = self._read(query, (model, model_version, since or 0.0, _limit(limit)))
+        index = {name: i for i, name in enumerate(classes)}
+        kept = [(blob, index[str(label)]) for blob, label in rows if label in index]
+        probs = self._stack([blob for blob, _ in kept], len(classes))
+        return probs, np.asarray([label for _, label in kept], dtype=np.int64)
 
     def recent_predictions(
-        self, model_version: str, n_classes: int, limit: int | None, since: float | None
+        self, model: str, model_version: str, n_classes: int, limit: int | None, since: float | None
     ) -> NDArray[np.float64]:
-        query = "SELECT probabilities FROM predictions WHERE model_version = ? AND ts >= ? ORDER BY id DESC LIMIT ?"
-        rows = self._read(query, (model_version, since or 0.0, limit if limit is not None else -1))
+        query = (
+            "SELECT probabilities FROM predictions WHERE model = ? AND model_version = ? AND ts >= ? "
+            "ORDER BY id DESC LIMIT ?"
+        )
+        rows = self._read(query, (model, model_version, since or 0.0, _limit(limit)))
         return self._stack([r[0] for r in rows], n_classes)
+
+    def paired_window(
+        self, champion: tuple[str, str], challenger: tuple[str, str], classes: Sequence[str], limit: int | None
+    ) -> PairedWindow:
+        """The latest requests both models scored (``(name, version)`` each: the champion's answers and the
+        challenger's shadow scores of them), and of those the latest labelled ones with their labels."""
+        joined = "FROM predictions c JOIN predictions s ON s.id = c.id AND s.model = ?"
+        where = "WHERE c.model = ? AND c.model_version = ? AND c.served = 1 AND s.model_version = ? AND s.served = 0"
+        keys = (challenger[0], champion[0], champion[1], challenger[1], _limit(limit))
+        recent = self._read(
+            f"SELECT c.probabilities, s.probabilities {joined} {where} ORDER BY c.id DESC LIMIT ?", keys
+        )
+        labelled = self._read(
+            f"SELECT c.probabilities, s.probabilities, f.label {joined} "
+            f"JOIN feedback f ON f.prediction_id = c.id {where} ORDER BY f.ts DESC LIMIT ?",
+            keys,
+        )
+        index = {name: i for i, name in enumerate(classes)}
+        labelled = [row for row in labelled if row[2] in index]
+        k = len(classes)
+        return PairedWindow(
+            champion=self._stack([r[0] for r in recent], k),
+            challenger=self._stack([r[1] for r in recent], k),
+            labelled_champion=self._stack([r[0] for r in labelled], k),
+            labelled_challenger=self._stack([r[1] for r in labelled], k),
+            labels=np.asarray([index[str(r[2])] for r in labelled], dtype=np.int64),
+        )
 
     def count(self) -> tuple[int, int]:
         rows = self._read("SELECT (SELECT COUNT(*) FROM predictions), (SELECT COUNT(*) FROM feedback)", ())

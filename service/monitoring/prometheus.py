@@ -33,17 +33,45 @@ LATENCY = Histogram(
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-PREDICTIONS = Counter("calibserve_predictions_total", "Predictions by predicted class", ["label"])
+PREDICTIONS = Counter("calibserve_predictions_total", "Predictions by model and predicted class", ["model", "label"])
 CONFIDENCE = Histogram(
     "calibserve_prediction_confidence",
     "Calibrated top-label confidence of each prediction (the card's 15 bins)",
+    ["model"],
     buckets=tuple(float(edge) for edge in np.linspace(0, 1, 16)[1:]),
 )
 FEEDBACK = Counter("calibserve_feedback_total", "Feedback items by outcome", ["status"])
-LIVE_ECE = Gauge("calibserve_live_ece", "ECE over the live labelled window", multiprocess_mode="mostrecent")
-LIVE_PSI = Gauge("calibserve_live_psi", "PSI of live vs reference confidences", multiprocess_mode="mostrecent")
+# Live-window gauges by model name and version (the card version's first 12 hex digits): a new version
+# starts a new series, judged against its own card.
+MODEL_VERSION = ["model", "version"]
+LIVE_ECE = Gauge(
+    "calibserve_live_ece", "ECE over the live labelled window", MODEL_VERSION, multiprocess_mode="mostrecent"
+)
+LIVE_PSI = Gauge(
+    "calibserve_live_psi", "PSI of live vs reference confidences", MODEL_VERSION, multiprocess_mode="mostrecent"
+)
 ESTIMATED_ACCURACY = Gauge(
-    "calibserve_estimated_accuracy", "Mean calibrated confidence of recent predictions", multiprocess_mode="mostrecent"
+    "calibserve_estimated_accuracy",
+    "Mean calibrated confidence of recent predictions",
+    MODEL_VERSION,
+    multiprocess_mode="mostrecent",
+)
+MODEL_READY = Gauge(
+    "calibserve_model_ready",
+    "1 for the model version that serves each model name, 0 once it is replaced or unloaded",
+    MODEL_VERSION,
+    multiprocess_mode="mostrecent",
+)
+MODEL_LOADS = Counter(
+    "calibserve_model_loads_total",
+    "Model (re)loads by outcome: loaded, failed (the previous version, if any, keeps serving), unloaded",
+    ["model", "outcome"],
+)
+SHADOW_ROWS = Counter(
+    "calibserve_shadow_rows_total",
+    "Rows of champion traffic offered to its shadow challenger, by outcome: scored, or skipped (the challenger "
+    "fell behind, is not loaded, or failed)",
+    ["champion", "challenger", "outcome"],
 )
 QUEUE_DEPTH = Gauge("calibserve_log_queue_depth", "Rows waiting for the log writer", multiprocess_mode="livesum")
 DROPPED = Counter("calibserve_log_dropped_rows_total", "Prediction rows not logged (queue full or write error)")

@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service import __version__
 from service import card as c
+from service.calibration.metrics import nll
 from service.calibration.reference import selective_prediction_table
 from service.calibration.temperature import TemperatureFit, fit_temperature, softmax
 from service.errors import ArtifactError, DataError
@@ -74,6 +75,7 @@ class CalibrateOptions:
     seed: int = 0
     label_column: str = "label"
     progress: bool = True
+    temperature: float | None = None  # fixed instead of fitted (1: the model's own scores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,10 +366,12 @@ def append_temperature(
     out.CopyFrom(model)
     graph = out.graph
     source = signature.output_name
-    if source in (c.LOGITS_OUTPUT, c.PROBABILITIES_OUTPUT):
-        renamed = _unique(graph, f"calibserve_original_{source}")
-        _rename_tensor(graph, source, renamed)
-        source = renamed
+    produced = {name for node in graph.node for name in node.output}
+    for reserved in (c.LOGITS_OUTPUT, c.PROBABILITIES_OUTPUT):  # the names the new outputs take
+        if reserved in produced:  # e.g. recalibrating a calibserve artifact, which has both
+            renamed = _unique(graph, f"calibserve_original_{reserved}")
+            _rename_tensor(graph, reserved, renamed)
+            source = renamed if source == reserved else source
     as_float = _unique(graph, "calibserve_scores_f32")
     nodes = [helper.make_node("Cast", [source], [as_float], to=TensorProto.FLOAT)]
     raw = as_float
@@ -435,8 +439,15 @@ def calibrate_model(
         + (" (detected: rows are not probability vectors)" if options.scores is None and kind == "logits" else "")
     )
     cal_logits, test_logits = to_logits(cal_scores, kind), to_logits(test_scores, kind)
-    fit = fit_temperature(cal_logits, calibration.labels)
-    notes.append(f"temperature T = {fit.temperature:.4f} (calibration NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f})")
+    fit = (
+        fit_temperature(cal_logits, calibration.labels)
+        if options.temperature is None
+        else fixed_temperature(cal_logits, calibration.labels, options.temperature)
+    )
+    how = "fitted" if options.temperature is None else "given (--temperature), not fitted"
+    notes.append(
+        f"temperature T = {fit.temperature:.4f}, {how} (calibration NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f})"
+    )
     bare = append_temperature(model, signature, kind, fit.temperature, len(classes))
     bare_bytes = bytes(bare.SerializeToString(deterministic=True))
     card = _card(
@@ -458,6 +469,18 @@ def calibrate_model(
         raise ArtifactError("embedding the card changed the graph digest; refusing to write the artifact")
     _verify(model_bytes, signature, test.inputs, softmax(test_logits, fit.temperature))
     return CalibrationResult(model_bytes, card, kind, options.scores is None, tuple(notes))
+
+
+def fixed_temperature(logits: NDArray[np.float64], labels: NDArray[np.int64], temperature: float) -> TemperatureFit:
+    """A temperature the user chose, described as a fit is (the calibration NLL at T = 1 and at T)."""
+    return TemperatureFit(
+        temperature=temperature,
+        log_temperature=math.log(temperature),
+        nll_before=nll(softmax(logits, 1.0), labels),
+        nll_after=nll(softmax(logits, temperature), labels),
+        iterations=0,
+        at_bound=False,
+    )
 
 
 def _card(

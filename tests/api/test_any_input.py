@@ -403,7 +403,7 @@ def test_concurrent_image_requests_share_batches_and_get_their_own_answers(image
             )
         )
 
-    batcher = image_client.app.state.predictor.batcher
+    batcher = image_client.app.state.repository.resolve(None).predictor.batcher
     batches, jobs = batcher.batches, batcher.jobs
     responses = image_client.run(scenario)
     served = np.concatenate([v1_probabilities(r, image.card.classes) for r in responses])
@@ -412,7 +412,7 @@ def test_concurrent_image_requests_share_batches_and_get_their_own_answers(image
 
 
 def _logged_inputs(client: Client, ids: list[str]) -> dict[str, bytes]:
-    log = client.app.state.monitor.log
+    log = client.app.state.repository.log
     assert log is not None and log.flush(10.0)
     with sqlite3.connect(client.app.state.settings.data_dir / LOG_FILE) as db:
         return dict(db.execute("SELECT id, features FROM predictions"))

@@ -50,7 +50,12 @@ async def test_ready_is_200_inside_the_lifespan_and_503_after_it(card: dict[str,
         async with app.router.lifespan_context(app):
             ready = await client.get("/health/ready")
             assert ready.status_code == 200
-            assert ready.json() == {"status": "ready", "model": "digits", "version": card["version"]}
+            assert ready.json() == {
+                "status": "ready",
+                "model": "digits",
+                "version": card["version"],
+                "models": [{"name": "digits", "version": card["version"]}],
+            }
         assert (await client.get("/health/ready")).status_code == 503
 
 
@@ -162,7 +167,7 @@ def test_start_up_fails_fast_on_a_missing_model(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="model file not found") as raised:
         enter_lifespan(app)
     assert str(missing) in raised.value.message
-    assert app.state.engine is None
+    assert app.state.repository is None
 
 
 @pytest.mark.parametrize("name", ["model.onnx", "notes.txt"])

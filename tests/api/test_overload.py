@@ -38,7 +38,7 @@ def test_a_full_queue_answers_503_with_retry_after_in_both_shapes_and_counts_it(
     release = threading.Event()
     with serve(settings_for(max_queue_rows=1, queue_timeout_ms=60_000)) as served:
         before = shed_count(served.get("/metrics").text, "queue_full")
-        batcher = served.app.state.predictor.batcher
+        batcher = served.app.state.repository.resolve(None).predictor.batcher
         blocker = batcher._executor.submit(release.wait, 10)  # holds the one inference thread
 
         async def scenario(client: httpx.AsyncClient) -> list[httpx.Response]:
@@ -73,7 +73,7 @@ def test_a_request_past_the_queue_deadline_is_a_503_and_the_one_being_scored_is_
     release = threading.Event()
     with serve(settings_for(queue_timeout_ms=50)) as served:
         before = shed_count(served.get("/metrics").text, "queue_timeout")
-        batcher = served.app.state.predictor.batcher
+        batcher = served.app.state.repository.resolve(None).predictor.batcher
         blocker = batcher._executor.submit(release.wait, 10)
 
         async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
@@ -102,7 +102,7 @@ def test_a_request_past_the_queue_deadline_is_a_503_and_the_one_being_scored_is_
 def test_past_the_concurrency_bound_a_request_waits_unread_and_is_refused_at_its_deadline() -> None:
     release = threading.Event()
     with serve(settings_for(max_concurrent_requests=1, queue_timeout_ms=50)) as served:
-        batcher = served.app.state.predictor.batcher
+        batcher = served.app.state.repository.resolve(None).predictor.batcher
         admission = served.app.state.admission
         blocker = batcher._executor.submit(release.wait, 10)
 

@@ -376,7 +376,7 @@ def test_unreachable_target_accuracy_fails_start_up(card: dict[str, Any]) -> Non
     app = create_app(settings_for(target_accuracy=target))
     with pytest.raises(ConfigurationError, match=f"target accuracy {target} .* at least 598 kept test samples"):
         enter_lifespan(app)
-    assert app.state.engine is None
+    assert app.state.repository is None
 
 
 def test_named_model_route_answers_like_v1_predict(client: Client) -> None:

@@ -40,7 +40,7 @@ bounded = settings(
 def test_every_operation_conforms_to_its_schema(case: schemathesis.Case[Any]) -> None:
     response = case.call_and_validate(excluded_checks=[unsupported_method, positive_data_acceptance])
     assert response.status_code < 500, response.text
-    assert app.state.engine is not None, "the lifespan must be running: requests would only see 503"
+    assert app.state.repository is not None, "the lifespan must be running: requests would only see 503"
 
 
 def undeclared_method_requests(openapi: dict[str, Any]) -> list[tuple[str, str, set[str]]]:

@@ -1000,7 +1000,7 @@ def test_concurrent_requests_share_the_batcher_and_get_their_own_answers(digits:
         v1_bodies = [{"instances": digits[500 + i : 503 + i].tolist()} for i in range(5)]
         singles = [infer(batched, body) for body in bodies]
         v1_singles = [batched.post("/v1/predict", json=body).json() for body in v1_bodies]
-        batcher = batched.app.state.predictor.batcher
+        batcher = batched.app.state.repository.resolve(None).predictor.batcher
         jobs_before = batcher.jobs
 
         def send(body: dict[str, Any]) -> httpx.Response:

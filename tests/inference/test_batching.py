@@ -23,7 +23,7 @@ from service.inference.artifact import load_artifact
 from service.inference.batching import MicroBatcher
 from service.inference.engine import BatchPrediction, InferenceEngine
 from service.inference.rows import RowValues
-from service.monitoring.monitor import LOG_FILE, Monitor
+from service.monitoring.monitor import LOG_FILE, Monitor, MonitorConfig, open_log
 from service.prediction import Predictor, Scored
 from service.settings import Settings
 from tests.conftest import DEFAULT_MODEL_DIR
@@ -450,7 +450,7 @@ def test_predictor_logs_each_successful_row_once_under_its_id(
     engine: InferenceEngine, digits: NDArray[np.float32], tmp_path: Path
 ) -> None:
     settings = Settings(model_path=DEFAULT_MODEL_DIR, data_dir=tmp_path, log_inputs=True)
-    monitor = Monitor(settings, engine.card)
+    monitor = Monitor("digits", engine.card, open_log(settings), MonitorConfig.from_settings(settings))
     sizes = [1, 4, 2, 7, 1, 3, 5, 1, 2, 6, 1, 3]
     starts = np.cumsum([0, *sizes[:-1]]).tolist()
     spans = enumerate(zip(starts, sizes, strict=True))
@@ -471,7 +471,8 @@ def test_predictor_logs_each_successful_row_once_under_its_id(
     try:
         outcomes, batches, jobs = asyncio.run(main())
     finally:
-        monitor.close()  # drains the queue: every acknowledged row is committed
+        assert monitor.log is not None
+        monitor.log.close()  # drains the queue: every acknowledged row is committed
     assert jobs == len(good) + len(bad) and batches < jobs
     scored = outcomes[: len(good)]
     assert all(isinstance(outcome, InvalidInput) for outcome in outcomes[len(good) :])
@@ -499,7 +500,8 @@ def test_predictor_logs_each_successful_row_once_under_its_id(
 def test_predictor_logs_nothing_for_a_batch_that_only_fails(
     engine: InferenceEngine, digits: NDArray[np.float32], tmp_path: Path
 ) -> None:
-    monitor = Monitor(Settings(model_path=DEFAULT_MODEL_DIR, data_dir=tmp_path), engine.card)
+    settings = Settings(model_path=DEFAULT_MODEL_DIR, data_dir=tmp_path)
+    monitor = Monitor("digits", engine.card, open_log(settings), MonitorConfig.from_settings(settings))
 
     async def main() -> tuple[BaseException | None, Scored]:
         predictor = Predictor(engine, monitor, max_batch_rows=64, max_batch_wait_s=0.0)
@@ -516,7 +518,8 @@ def test_predictor_logs_nothing_for_a_batch_that_only_fails(
     try:
         failure, later = asyncio.run(main())
     finally:
-        monitor.close()
+        assert monitor.log is not None
+        monitor.log.close()
     assert isinstance(failure, InvalidInput) and "coverage 0.8" in failure.message
     rows = logged(tmp_path / LOG_FILE)
     assert set(rows) == set(later.ids) and len(rows) == 2

@@ -42,7 +42,7 @@ from service.monitoring.live import (
     evaluate_live,
     report_summary,
 )
-from service.monitoring.monitor import Monitor
+from service.monitoring.monitor import Monitor, MonitorConfig, open_log, record_feedback
 from service.settings import Settings
 from tests.conftest import DEFAULT_MODEL_DIR
 
@@ -651,34 +651,39 @@ def test_summary_matches_the_output_before_the_typed_refactor(replay: Replay) ->
 # ------------------------------------------------------------------------------------------------ gauges
 
 
-def gauge(name: str) -> float | None:
-    return REGISTRY.get_sample_value(name)
+def gauge(name: str, series: dict[str, str]) -> float | None:
+    return REGISTRY.get_sample_value(name, series)
 
 
 def test_monitor_sets_the_gauges_from_the_typed_results(replay: Replay, tmp_path: Path) -> None:
     probs, labels = synthetic_windows(replay.card)
-    monitor = Monitor(Settings(model_path=DEFAULT_MODEL_DIR, data_dir=tmp_path), replay.card)
+    settings = Settings(model_path=DEFAULT_MODEL_DIR, data_dir=tmp_path)
+    log = open_log(settings)
+    monitor = Monitor("gauged", replay.card, log, MonitorConfig.from_settings(settings))
+    series = {"model": "gauged", "version": replay.card.version[:12]}
     try:
         # A fresh log: both windows are too small, so the gauges keep whatever they held.
         for name, value in (("LIVE_ECE", -1.0), ("LIVE_PSI", -2.0), ("ESTIMATED_ACCURACY", -3.0)):
-            getattr(metrics, name).set(value)
+            getattr(metrics, name).labels(**series).set(value)
         empty = monitor.live()
         assert empty is not None and empty.labelled is None and empty.unlabelled is None
-        assert (gauge("calibserve_live_ece"), gauge("calibserve_live_psi")) == (-1.0, -2.0)
-        assert gauge("calibserve_estimated_accuracy") == -3.0
+        assert (gauge("calibserve_live_ece", series), gauge("calibserve_live_psi", series)) == (-1.0, -2.0)
+        assert gauge("calibserve_estimated_accuracy", series) == -3.0
 
         predicted = probs.argmax(axis=1)
         ids = monitor.record(predicted, probs.max(axis=1), probs, np.zeros((len(probs), 64), np.float32))
-        assert set(monitor.feedback(list(zip(ids[:150], labels[:150].tolist(), strict=True)))) == {"recorded"}
+        named = [replay.card.classes[label] for label in labels[:150].tolist()]
+        assert set(record_feedback(log, list(zip(ids[:150], named, strict=True)))) == {"recorded"}
         report = monitor.live()
         assert report is not None and report.labelled is not None and report.unlabelled is not None
         assert (report.n_labelled, report.n_unlabelled) == (150, 400)
-        assert gauge("calibserve_live_ece") == report.labelled.live_ece.ece.value
-        assert gauge("calibserve_live_psi") == report.unlabelled.confidence_psi.psi
-        assert gauge("calibserve_estimated_accuracy") == report.unlabelled.estimated_accuracy_drop.estimated_accuracy
+        assert gauge("calibserve_live_ece", series) == report.labelled.live_ece.ece.value
+        assert gauge("calibserve_live_psi", series) == report.unlabelled.confidence_psi.psi
+        assert gauge("calibserve_estimated_accuracy", series) == report.unlabelled.estimated_accuracy_drop.estimated_accuracy
         # The same numbers as the reasons that /health/calibration shows.
         reasons = {r.code: r for r in report.reasons}
-        assert gauge("calibserve_live_ece") == reasons["live_ece"].value
-        assert gauge("calibserve_live_psi") == reasons["confidence_psi"].value
+        assert gauge("calibserve_live_ece", series) == reasons["live_ece"].value
+        assert gauge("calibserve_live_psi", series) == reasons["confidence_psi"].value
     finally:
-        monitor.close()
+        assert log is not None
+        log.close()

@@ -7,7 +7,6 @@ any item is validated, a large body is parsed off the event loop, and every JSON
 
 from __future__ import annotations
 
-import hmac
 from collections import Counter
 from functools import partial
 from typing import Any
@@ -15,27 +14,16 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from service.api.deps import get_engine, get_monitor, get_settings
+from service.api.deps import get_repository, get_settings, require_api_key
 from service.api.parsing import parse_feedback, parse_off_loop, shown
 from service.api.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
-from service.errors import InvalidInput, Unauthorized
-from service.inference.engine import InferenceEngine
-from service.monitoring.monitor import Monitor
+from service.errors import InvalidInput
+from service.monitoring.monitor import record_feedback
+from service.repository import ModelRepository
 from service.settings import Settings
 
 router = APIRouter(tags=["monitoring"])
 ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 413, 415, 422, 503)}
-
-
-def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:
-    if settings.api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    valid = scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), settings.api_key.get_secret_value().encode()
-    )  # the scheme is case-insensitive (RFC 7235); the key comparison takes constant time
-    if not valid:
-        raise Unauthorized("feedback needs 'Authorization: Bearer <CALIBSERVE_API_KEY>'")
 
 
 async def read_feedback(request: Request, settings: Settings = Depends(get_settings)) -> FeedbackRequest:
@@ -77,23 +65,23 @@ REQUEST_BODY = {
 )
 def feedback(
     request: FeedbackRequest = Depends(read_feedback),
-    engine: InferenceEngine = Depends(get_engine),
-    monitor: Monitor = Depends(get_monitor),
-    settings: Settings = Depends(get_settings),
+    repository: ModelRepository = Depends(get_repository),
 ) -> dict[str, Any]:
     """Record the true label of earlier predictions: recorded, pending (the prediction is not logged yet; the
-    label counts once it is), duplicate (same label), conflict, unknown_id. 503 with Retry-After while the
-    prediction log cannot be written."""
+    label counts once it is), duplicate (same label), conflict, unknown_id. A label belongs to the request: it
+    labels every model's prediction under that id (the answer and a shadow challenger's score), each judged
+    against its own classes. 503 with Retry-After while the prediction log cannot be written."""
     items = request.feedback  # at most CALIBSERVE_MAX_FEEDBACK_ITEMS (413 from read_feedback)
-    index = {label: i for i, label in enumerate(engine.card.classes)}
-    unknown = sorted({item.label for item in items if item.label not in index})
+    known = {label for served in repository.serving() for label in served.engine.card.classes}
+    unknown = sorted({item.label for item in items if item.label not in known})
     if unknown:
+        classes = sorted(known) if len(known) <= 50 else [*sorted(known)[:50], "..."]
         raise InvalidInput(
-            f"unknown label(s) {', '.join(map(shown, unknown[:5]))}; this model's classes are "
-            f"{', '.join(engine.card.classes)}",
+            f"unknown label(s) {', '.join(map(shown, unknown[:5]))}; the served models' classes are "
+            f"{', '.join(classes)}",
             {"field": "feedback[].label", "unknown": [label[:100] for label in unknown[:50]]},
         )
-    statuses = monitor.feedback([(item.prediction_id, index[item.label]) for item in items])
+    statuses = record_feedback(repository.log, [(item.prediction_id, item.label) for item in items])
     return {
         "results": [
             {"prediction_id": item.prediction_id, "status": status}

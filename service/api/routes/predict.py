@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from numpy.typing import NDArray
 
-from service.api.deps import get_predictor, require_model
+from service.api.deps import get_repository
 from service.api.parsing import (
     NPY_MEDIA_TYPE,
     PredictOptions,
@@ -24,12 +24,13 @@ from service.api.parsing import (
     parse_json,
     parse_npy,
     parse_off_loop,
+    requested_model,
 )
 from service.api.render import encode_json, model_summary, model_summary_json, render_npz, render_predictions
 from service.api.schemas import ErrorResponse, PredictResponse
-from service.errors import InvalidInput
-from service.inference.engine import InferenceEngine
+from service.errors import InvalidInput, ModelNotFound
 from service.inference.inputs import check_instance_count
+from service.repository import ServedVersion
 
 router = APIRouter(tags=["predict"])
 NPZ_MEDIA_TYPE = "application/x-npz"
@@ -78,43 +79,61 @@ async def predict_named(name: str, request: Request) -> Response:
 
 
 async def predict_response(request: Request, name: str | None) -> Response:
-    predictor = get_predictor(request)
-    engine = predictor.engine
-    require_model(engine, name)
+    repository = get_repository(request)
     max_instances: int = request.app.state.settings.max_instances
+    npy = _media_type(request.headers.get("content-type")) == NPY_MEDIA_TYPE
     body = await request.body()
-    if _media_type(request.headers.get("content-type")) == NPY_MEDIA_TYPE:
-        query = dict(request.query_params)
-        options, features = await parse_off_loop(body, partial(parse_npy, body, query, engine.signature, max_instances))
-        coverage = _check_options(engine, options)
-    else:
-        if request.scope.get("query_string"):
-            raise InvalidInput(
-                "query parameters apply only to application/x-npy bodies; put the options in the JSON body",
-                {"field": "query", "got": sorted(request.query_params)[:50]},
+    name_in_request = None
+    if name is None and len(repository.ready_names()) > 1:  # the model decides how to decode the instances
+        name_in_request = request.query_params.get("model") if npy else requested_model(body)
+    with repository.lease(name or name_in_request) as served:
+        engine = served.engine
+        if npy:
+            query = dict(request.query_params)
+            options, features = await parse_off_loop(
+                body, partial(parse_npy, body, query, engine.signature, max_instances)
             )
-        options, coverage, features = await parse_off_loop(body, partial(_from_json, body, engine, max_instances))
-    scored = await predictor.predict(features, coverage)
-    if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
-        model = model_summary(engine, coverage)
-        content = render_npz(engine, scored.prediction, scored.ids, options.include_logits, model)
-        return Response(content, media_type=NPZ_MEDIA_TYPE)
-    predictions = render_predictions(engine, scored.prediction, scored.ids, options.top_k, options.include_logits)
-    body = encode_json({"predictions": predictions, "model": model_summary_json(engine, coverage)})
-    return Response(body, media_type="application/json")
+            coverage = _check_options(served, name, options)
+        else:
+            if request.scope.get("query_string"):
+                raise InvalidInput(
+                    "query parameters apply only to application/x-npy bodies; put the options in the JSON body",
+                    {"field": "query", "got": sorted(request.query_params)[:50]},
+                )
+            options, coverage, features = await parse_off_loop(
+                body, partial(_from_json, body, served, name, max_instances)
+            )
+        scored = await served.predictor.predict(features, coverage)
+        if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
+            model = model_summary(engine, coverage)
+            content = render_npz(engine, scored.prediction, scored.ids, options.include_logits, model)
+            return Response(content, media_type=NPZ_MEDIA_TYPE)
+        predictions = render_predictions(
+            engine, scored.prediction, scored.ids, options.top_k, options.include_logits, scored.values
+        )
+        content = encode_json({"predictions": predictions, "model": model_summary_json(engine, coverage)})
+        return Response(content, media_type="application/json")
 
 
-def _from_json(body: bytes, engine: InferenceEngine, max_instances: int) -> tuple[PredictOptions, float, NDArray[Any]]:
+def _from_json(
+    body: bytes, served: ServedVersion, path_name: str | None, max_instances: int
+) -> tuple[PredictOptions, float, NDArray[Any]]:
     """Options, conformal level and the model's input from a JSON body (in a worker thread when it is large)."""
-    signature = engine.signature
+    signature = served.engine.signature
     options, rows = parse_json(body, signature, max_instances)
     check_instance_count(len(rows), max_instances)
-    coverage = _check_options(engine, options)  # unknown model or coverage: refused before looking at rows
+    coverage = _check_options(served, path_name, options)  # unknown model or coverage: refused before the rows
     return options, coverage, signature.from_json(rows, partial(instance_literals, body))
 
 
-def _check_options(engine: InferenceEngine, options: PredictOptions) -> float:
-    require_model(engine, options.model)
+def _check_options(served: ServedVersion, path_name: str | None, options: PredictOptions) -> float:
+    if options.model is not None and options.model != served.name:
+        where = f"the path names {path_name!r}" if path_name else f"this server serves {served.name!r}"
+        raise ModelNotFound(
+            f"the request names model {options.model[:200]!r}, but {where}",
+            {"model": options.model[:200], "available": [served.name]},
+        )
+    engine = served.engine
     if options.top_k is not None and options.top_k > engine.card.n_classes:
         raise InvalidInput(
             f"top_k {options.top_k} exceeds the model's {engine.card.n_classes} classes", {"field": "top_k"}
