@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -65,3 +67,44 @@ def isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         os.environ.pop("CALIBSERVE_DATA_DIR", None)
     else:
         os.environ["CALIBSERVE_DATA_DIR"] = previous
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    """Artifact directories to build model repositories from: the bundled model, the same network served at
+    T = 1 (its own scores: under-confident, ECE about 0.10 where the bundled card has about 0.01; made by
+    ``calibserve calibrate --temperature 1``), and a byte-identical copy of the bundled model."""
+
+    digits: Path
+    digits_t1: Path
+    digits_copy: Path
+    digits_npz: Path
+
+    def repository(self, root: Path, **models: Path) -> Path:
+        """``root`` holding a copy of each named artifact directory (``name=source``)."""
+        root.mkdir(parents=True, exist_ok=True)
+        for name, source in models.items():
+            shutil.copytree(source, root / name)
+        return root
+
+
+@pytest.fixture(scope="session")
+def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
+    pytest.importorskip("onnx", reason="needs the 'calibrate' extra: pip install -e '.[calibrate]'")
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from service.cli import main
+
+    root = tmp_path_factory.mktemp("model-sources")
+    features, labels = load_digits(return_X_y=True)
+    data = root / "digits.npz"
+    np.savez(data, X=features.astype(np.float32), y=labels)
+    t1 = root / "digits-t1"
+    classes = ",".join(str(i) for i in range(10))
+    command = ["calibrate", str(DEFAULT_MODEL_DIR / "model.onnx"), "--data", str(data), "--name", "digits-t1"]
+    options = ["--output-dir", str(t1), "--output", "logits", "--classes", classes, "--temperature", "1"]
+    assert main([*command, *options, "--no-progress"]) == 0
+    copy = root / "digits-copy"
+    shutil.copytree(DEFAULT_MODEL_DIR, copy)
+    return ModelSources(DEFAULT_MODEL_DIR, t1, copy, data)

@@ -81,14 +81,17 @@ def wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> h
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path, log: Path, model_path: Path | None = None) -> Iterator[str]:
-    """``calibserve serve`` on a free port (the bundled model, or ``model_path``) until the block ends; yields
-    its base URL once ready, then SIGTERM."""
+def serving(
+    data_dir: Path, log: Path, model_path: Path | None = None, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``calibserve serve`` on a free port (the bundled model, or ``model_path``, or what ``extra_env`` says)
+    until the block ends; yields its base URL once ready, then SIGTERM."""
     port = free_port()
     env = clean_env()
     env["CALIBSERVE_DATA_DIR"] = str(data_dir)
     if model_path is not None:
         env["CALIBSERVE_MODEL_PATH"] = str(model_path)
+    env.update(extra_env or {})
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         process = subprocess.Popen(

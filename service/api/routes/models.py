@@ -7,15 +7,14 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import get_repository, get_settings, require_api_key
+from service.api.deps import get_repository, require_api_key
 from service.api.render import model_summary
 from service.api.schemas import ErrorResponse, ModelList
-from service.errors import InvalidInput, ModelNotFound
+from service.errors import ModelNotFound
 from service.monitoring.comparison import compare_shadow
 from service.repository import ModelRepository
-from service.settings import Settings
 
 router = APIRouter(tags=["models"])
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 422, 503)}
@@ -51,34 +50,13 @@ class ShadowRequest(BaseModel):
     challenger: str = Field(min_length=1, max_length=200, description="the model that shadows this one")
 
 
-@router.api_route(
-    "/v1/models/{name}/shadow",
-    methods=["GET", "PUT", "DELETE"],
-    responses=ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {"application/json": {"schema": ShadowRequest.model_json_schema()}},
-            "description": "PUT only: the challenger",
-        }
-    },
-)
-async def shadow(name: str, request: Request, settings: Settings = Depends(get_settings)) -> dict[str, Any]:
-    """GET: which of ``name`` and its shadow challenger is better calibrated on the traffic ``name`` served
-    (paired over the same requests: accuracy, NLL, Brier, ECE with intervals, the paired differences and a
-    verdict; label-free: agreement and confidences). PUT ``{"challenger": ...}``: from now on every request
-    ``name`` answers is also scored by the challenger, off the request path. DELETE: stop (the log keeps
-    what was scored). PUT and DELETE need the API key when one is set."""
+@router.get("/v1/models/{name}/shadow", responses=ERRORS)
+async def shadow_comparison(name: str, request: Request) -> dict[str, Any]:
+    """Which of ``name`` and its shadow challenger is better calibrated on the traffic ``name`` served: paired
+    over the same requests, accuracy, NLL, Brier and ECE of each with intervals, the paired differences with
+    theirs, and a verdict that names a winner only when ECE and NLL agree; label-free, the agreement rate and
+    both models' confidences."""
     repository = get_repository(request)
-    if request.method != "GET":
-        require_api_key(request, settings)
-        if request.method == "PUT":
-            body = await _shadow_request(request)
-            repository.set_shadow(name, body.challenger)
-            return {"champion": name, "challenger": body.challenger}
-        repository.resolve(name)
-        repository.clear_shadow(name)
-        return {"champion": name, "challenger": None}
     champion = repository.resolve(name)
     scorer = repository.shadow_of(name)
     if scorer is None:
@@ -88,10 +66,9 @@ async def shadow(name: str, request: Request, settings: Settings = Depends(get_s
             {"model": name},
         )
     challenger = repository.resolve(scorer.challenger)
-    await asyncio.to_thread(scorer.drain, 2.0)
-    comparison = await asyncio.to_thread(
-        compare_shadow, champion.monitor, challenger.monitor, repository.settings.shadow_window
-    )
+    await asyncio.to_thread(scorer.drain, 2.0)  # what was answered before this request is compared
+    window = repository.settings.shadow_window
+    comparison = await asyncio.to_thread(compare_shadow, champion.monitor, challenger.monitor, window)
     labelled = comparison.labelled
     return {
         "champion": {"name": champion.name, "version": champion.version},
@@ -101,14 +78,21 @@ async def shadow(name: str, request: Request, settings: Settings = Depends(get_s
         "labelled": None if labelled is None else asdict(labelled),
         "unlabelled": None if comparison.unlabelled is None else asdict(comparison.unlabelled),
         "shadow": {"scored_rows": scorer.scored, "skipped_rows": scorer.skipped, "queued_rows": scorer.pending_rows()},
-        "window": repository.settings.shadow_window,
+        "window": window,
     }
 
 
-async def _shadow_request(request: Request) -> ShadowRequest:
-    try:
-        return ShadowRequest.model_validate_json(await request.body())
-    except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise InvalidInput(f"{where}: {first['msg']}", {"field": where}) from None
+@router.put("/v1/models/{name}/shadow", responses=ERRORS, dependencies=[Depends(require_api_key)])
+async def set_shadow(name: str, body: ShadowRequest, request: Request) -> dict[str, Any]:
+    """From now on every request ``name`` answers is also scored by ``challenger``, off the request path."""
+    get_repository(request).set_shadow(name, body.challenger)
+    return {"champion": name, "challenger": body.challenger}
+
+
+@router.delete("/v1/models/{name}/shadow", responses=ERRORS, dependencies=[Depends(require_api_key)])
+async def clear_shadow(name: str, request: Request) -> dict[str, Any]:
+    """Stop scoring ``name``'s traffic with its challenger (the log keeps what was scored)."""
+    repository = get_repository(request)
+    repository.resolve(name)
+    repository.clear_shadow(name)
+    return {"champion": name, "challenger": None}
