@@ -183,6 +183,7 @@ async def repository_load(request: Request, name: str) -> dict[str, Any]:
     """Load or reload ``name`` from the repository: verified beside the serving version, then swapped in;
     requests in flight finish on the old version. A failure leaves the old version serving (400, with why)."""
     options = await _optional_body(request, RepositoryLoadRequest)
+    _one_worker(request)
     if options.parameters:
         raise MalformedRequest(
             f"load parameters are not supported ({', '.join(sorted(options.parameters))[:200]}): put the new "
@@ -201,4 +202,16 @@ async def repository_load(request: Request, name: str) -> dict[str, Any]:
 async def repository_unload(request: Request, name: str) -> dict[str, Any]:
     """Stop serving ``name``; requests in flight finish first."""
     await _optional_body(request, RepositoryLoadRequest)
+    _one_worker(request)
     return _triton_status(await get_repository(request).unload(name))
+
+
+def _one_worker(request: Request) -> None:
+    """Each worker process holds its own models: a load sent to one would leave the others on the old version."""
+    workers: int = request.app.state.settings.workers
+    if workers > 1:
+        raise MalformedRequest(
+            f"the repository API loads into one worker process, and this server runs {workers}: use poll mode "
+            "(CALIBSERVE_REPOSITORY_POLL_SECONDS), which every worker follows, to load, replace and unload models",
+            {"workers": workers},
+        )
