@@ -160,6 +160,7 @@ class ModelRepository:
         self._retiring: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
         self.started = False
+        self.default: str | None = None  # set by start()
 
     # -- sources -------------------------------------------------------------------------------------
     def sources(self) -> dict[str, Path]:
@@ -193,6 +194,9 @@ class ModelRepository:
         default = self.settings.default_model
         if default is not None and default not in ready:
             raise ArtifactError(f"CALIBSERVE_DEFAULT_MODEL={default!r} is not loaded; loaded: {', '.join(ready)}")
+        # The only model at start-up stays the default: a model added later must not turn every request that
+        # names none (every client of a one-model server) into a 400.
+        self.default = default if default is not None else ready[0] if len(ready) == 1 else None
         for champion, challenger in self.settings.shadow_pairs:
             self.set_shadow(champion, challenger)
         self.started = True
@@ -234,9 +238,10 @@ class ModelRepository:
         return [entry.current for _, entry in sorted(self._entries.items()) if entry.current is not None]
 
     def default_name(self) -> str:
-        """The model a request that names none goes to: the default, or the only one."""
-        if self.settings.default_model is not None:
-            return self.settings.default_model
+        """The model a request that names none goes to: CALIBSERVE_DEFAULT_MODEL, or the only model at start-up,
+        or the only model now."""
+        if self.default is not None:
+            return self.default
         ready = self.ready_names()
         if len(ready) == 1:
             return ready[0]

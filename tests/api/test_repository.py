@@ -334,3 +334,15 @@ def test_a_single_model_path_is_a_repository_of_one(tmp_path: Path, digits: Any)
         first = client.get("/v1/models/digits").json()["version"]
         assert client.post("/v2/repository/models/digits/load").json()["version"] == first
         assert client.predict({"instances": digits[0][:1].tolist()}).status_code == 200
+
+
+def test_adding_a_model_keeps_the_only_model_at_start_up_as_the_default(
+    model_sources: ModelSources, tmp_path: Path, digits: Any
+) -> None:
+    root = model_sources.repository(tmp_path / "repo", digits=model_sources.digits)
+    with serve(repository_settings(root, tmp_path)) as client:
+        shutil.copytree(model_sources.digits_t1, root / "digits-v2")
+        assert client.post("/v2/repository/models/digits-v2/load").json()["state"] == "READY"
+        unnamed = client.predict({"instances": digits[0][:1].tolist()})
+        assert unnamed.status_code == 200 and unnamed.json()["model"]["name"] == "digits"
+        assert client.get("/v1/models").json()["default"] == "digits"

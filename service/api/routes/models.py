@@ -32,10 +32,7 @@ def list_models(repository: ModelRepository = Depends(get_repository)) -> dict[s
             shadow = repository.shadow_of(status.name)
             entry["shadow"] = None if shadow is None else shadow.challenger
         models.append(entry)
-    default = repository.settings.default_model
-    if default is None and len(repository.ready_names()) == 1:
-        default = repository.ready_names()[0]
-    return {"models": models, "default": default}
+    return {"models": models, "default": repository.default_or_none()}
 
 
 @router.get("/v1/models/{name}", responses=ERRORS)
