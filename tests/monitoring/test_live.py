@@ -679,7 +679,10 @@ def test_monitor_sets_the_gauges_from_the_typed_results(replay: Replay, tmp_path
         assert (report.n_labelled, report.n_unlabelled) == (150, 400)
         assert gauge("calibserve_live_ece", series) == report.labelled.live_ece.ece.value
         assert gauge("calibserve_live_psi", series) == report.unlabelled.confidence_psi.psi
-        assert gauge("calibserve_estimated_accuracy", series) == report.unlabelled.estimated_accuracy_drop.estimated_accuracy
+        assert (
+            gauge("calibserve_estimated_accuracy", series)
+            == report.unlabelled.estimated_accuracy_drop.estimated_accuracy
+        )
         # The same numbers as the reasons that /health/calibration shows.
         reasons = {r.code: r for r in report.reasons}
         assert gauge("calibserve_live_ece", series) == reasons["live_ece"].value
