@@ -8,7 +8,6 @@ with a message naming the file when none loads (or a single ``CALIBSERVE_MODEL_P
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,8 +28,6 @@ from service.logs import configure_logging
 from service.monitoring.requests import RequestMetrics
 from service.repository import ModelRepository
 from service.settings import Settings
-
-logger = logging.getLogger("calibserve")
 
 DESCRIPTION = """
 Calibrated class probabilities with the trust metadata of the model's calibration card:
@@ -69,8 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.repository = repository
         app.openapi_schema = None  # describe the models now loaded
         tune_garbage_collector()
-        for served in repository.serving():
-            logger.info("serving %s version %s from %s", served.name, served.version[:12], served.path)
         try:
             yield
         finally:

@@ -112,7 +112,7 @@ def test_json_logs_are_one_object_per_line_with_request_id_route_status_and_mode
     assert isinstance(access["trace-42"]["duration_ms"], float) and len(access["trace-42"]["version"]) == 12
     assert access[made_id]["status"] == 422
     assert access[missing.headers["x-request-id"]]["route"] == "/v1/models/{name}"
-    assert any(r["logger"] == "calibserve" and "serving digits" in r["message"] for r in records)
+    assert any(r["logger"] == "calibserve.repository" and "model digits: serving" in r["message"] for r in records)
 
 
 def test_text_logs_stay_readable_and_carry_the_request_id(tmp_path: Path) -> None:

@@ -150,7 +150,7 @@ def test_serve_becomes_ready_with_the_bundled_model(lifecycle: Lifecycle) -> Non
         "version": card["version"],
         "models": [{"name": "digits", "version": card["version"]}],
     }
-    assert "serving digits" in lifecycle.output
+    assert "model digits: serving version" in lifecycle.output
 
 
 def test_serve_answers_a_prediction_over_tcp(lifecycle: Lifecycle) -> None:
