@@ -270,6 +270,8 @@ def test_poll_mode_loads_new_changed_and_removed_models(
         assert client.get("/v1/models/second").status_code == 404
         (entry,) = [m for m in client.post("/v2/repository/index").json() if m["name"] == "second"]
         assert entry["state"] == "UNAVAILABLE" and entry["reason"] == "unloaded"
+        refused = client.post("/v2/repository/models/digits/unload")
+        assert refused.status_code == 400 and "poll mode" in refused.json()["error"]
 
 
 def test_feedback_and_health_are_per_model_version(two_models: Path, tmp_path: Path, digits: Any) -> None:

@@ -25,6 +25,7 @@ from service.api.oip import (
 from service.api.parsing import parse_off_loop
 from service.errors import MalformedRequest, ModelLoadFailed, ModelNotFound, ServiceError, UnsupportedMediaType
 from service.repository import ModelStatus, ServedVersion
+from service.settings import Settings
 
 router = APIRouter(tags=["open inference protocol (v2)"])
 BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
@@ -183,7 +184,7 @@ async def repository_load(request: Request, name: str) -> dict[str, Any]:
     """Load or reload ``name`` from the repository: verified beside the serving version, then swapped in;
     requests in flight finish on the old version. A failure leaves the old version serving (400, with why)."""
     options = await _optional_body(request, RepositoryLoadRequest)
-    _one_worker(request)
+    _explicit_control(request)
     if options.parameters:
         raise MalformedRequest(
             f"load parameters are not supported ({', '.join(sorted(options.parameters))[:200]}): put the new "
@@ -202,13 +203,21 @@ async def repository_load(request: Request, name: str) -> dict[str, Any]:
 async def repository_unload(request: Request, name: str) -> dict[str, Any]:
     """Stop serving ``name``; requests in flight finish first."""
     await _optional_body(request, RepositoryLoadRequest)
-    _one_worker(request)
+    _explicit_control(request)
     return _triton_status(await get_repository(request).unload(name))
 
 
-def _one_worker(request: Request) -> None:
-    """Each worker process holds its own models: a load sent to one would leave the others on the old version."""
-    workers: int = request.app.state.settings.workers
+def _explicit_control(request: Request) -> None:
+    """Load and unload through the API only where they stick: not in poll mode (the next poll would undo them;
+    Triton refuses them there too), and not with several workers (each process holds its own models: a load
+    sent to one would leave the others on the old version)."""
+    settings: Settings = request.app.state.settings
+    if settings.repository_poll_seconds is not None:
+        raise MalformedRequest(
+            "the model repository is polled (CALIBSERVE_REPOSITORY_POLL_SECONDS): add, replace or remove the "
+            "model's directory instead; explicit load and unload are off in poll mode, as in Triton"
+        )
+    workers = settings.workers
     if workers > 1:
         raise MalformedRequest(
             f"the repository API loads into one worker process, and this server runs {workers}: use poll mode "
