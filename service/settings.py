@@ -143,7 +143,9 @@ class Settings(BaseSettings):
         "wait", description="when the queue is full: wait (up to 5 s) or drop; drops are counted in /metrics"
     )
     retention_days: float = Field(30.0, gt=0, description="delete logged predictions older than this")
-    retention_rows: int = Field(1_000_000, ge=1, description="keep at most this many logged predictions")
+    retention_rows: int = Field(
+        1_000_000, ge=1, description="keep at most this many logged predictions (a shadow score counts as one)"
+    )
     window_labels: int = Field(500, ge=1, description="live window: the last N labelled predictions")
     window_predictions: int = Field(2000, ge=1, description="live window: the last N predictions (label-free checks)")
     window_hours: float | None = Field(None, gt=0, description="live window: only the last H hours (unset: no limit)")

@@ -255,6 +255,10 @@ def _limit(limit: int | None) -> int:
     return -1 if limit is None else limit  # SQLite: a negative LIMIT is no limit
 
 
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(values), CHUNK):
         yield values[start : start + CHUNK]
@@ -706,9 +710,10 @@ class PredictionLog:
         each (prediction, label) pair once, as ``prediction_id`` is the feedback table's key."""
         query = (
             "SELECT p.probabilities, f.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
-            "AND p.model = ? WHERE p.model_version = ? AND f.ts >= ? ORDER BY f.ts DESC LIMIT ?"
-        )
-        rows = self._read(query, (model, model_version, since or 0.0, _limit(limit)))
+            f"AND p.model = ? WHERE p.model_version = ? AND f.ts >= ? AND f.label IN ({_marks(classes)}) "
+            "ORDER BY f.ts DESC LIMIT ?"
+        )  # labels filtered before the limit: other models' labels never crowd this model's out of its window
+        rows = self._read(query, (model, model_version, since or 0.0, *classes, _limit(limit)))
         index = {name: i for i, name in enumerate(classes)}
         kept = [(blob, index[str(label)]) for blob, label in rows if label in index]
         probs = self._stack([blob for blob, _ in kept], len(classes))
@@ -731,14 +736,15 @@ class PredictionLog:
         challenger's shadow scores of them), and of those the latest labelled ones with their labels."""
         joined = "FROM predictions c JOIN predictions s ON s.id = c.id AND s.model = ?"
         where = "WHERE c.model = ? AND c.model_version = ? AND c.served = 1 AND s.model_version = ? AND s.served = 0"
-        keys = (challenger[0], champion[0], champion[1], challenger[1], _limit(limit))
+        keys = (challenger[0], champion[0], champion[1], challenger[1])
         recent = self._read(
-            f"SELECT c.probabilities, s.probabilities {joined} {where} ORDER BY c.id DESC LIMIT ?", keys
+            f"SELECT c.probabilities, s.probabilities {joined} {where} ORDER BY c.id DESC LIMIT ?",
+            (*keys, _limit(limit)),
         )
         labelled = self._read(
-            f"SELECT c.probabilities, s.probabilities, f.label {joined} "
-            f"JOIN feedback f ON f.prediction_id = c.id {where} ORDER BY f.ts DESC LIMIT ?",
-            keys,
+            f"SELECT c.probabilities, s.probabilities, f.label {joined} JOIN feedback f ON f.prediction_id = c.id "
+            f"{where} AND f.label IN ({_marks(classes)}) ORDER BY f.ts DESC LIMIT ?",
+            (*keys, *classes, _limit(limit)),
         )
         index = {name: i for i, name in enumerate(classes)}
         labelled = [row for row in labelled if row[2] in index]

@@ -103,14 +103,24 @@ def test_observe_many_adds_to_what_is_there_and_ignores_an_empty_batch() -> None
 
 
 def test_observe_many_on_the_service_histogram_moves_its_count() -> None:
-    def buckets() -> tuple[float, dict[float, float]]:
-        found = [sample for metric in CONFIDENCE.collect() for sample in metric.samples]
+    series = CONFIDENCE.labels(model="fast-paths-test")
+    CONFIDENCE.labels(model="fast-paths-other")  # the histogram is per model: another model's series stays as it was
+
+    def buckets(model: str) -> tuple[float, dict[float, float]]:
+        found = [
+            sample
+            for metric in CONFIDENCE.collect()
+            for sample in metric.samples
+            if sample.labels.get("model") == model
+        ]
         count = next(s.value for s in found if s.name.endswith("_count"))
         return count, {float(s.labels["le"]): s.value for s in found if s.name.endswith("_bucket")}
 
-    count_before, before = buckets()
-    observe_many(CONFIDENCE, np.array([0.03, 0.5, 0.99]))
-    count_after, after = buckets()
+    count_before, before = buckets("fast-paths-test")
+    other_before = buckets("fast-paths-other")
+    observe_many(series, np.array([0.03, 0.5, 0.99]))
+    count_after, after = buckets("fast-paths-test")
+    assert buckets("fast-paths-other") == other_before
     assert count_after - count_before == 3
     bounds = sorted(after)
     assert bounds[0] == pytest.approx(1 / 15) and bounds[-1] == float("inf")
@@ -201,14 +211,18 @@ def test_records_for_batch_round_trips_1000_rows() -> None:
     confidence = probabilities.max(axis=1)
     features = rng.normal(size=(n, 64)).astype(np.float32)
     ids = new_ids(n)
-    with_inputs = records_for_batch(ids, "v1", class_index, confidence, probabilities, features)
-    without = records_for_batch(ids, "v1", class_index, confidence, probabilities, None)
+    with_inputs = records_for_batch(ids, "m", "v1", True, class_index, confidence, probabilities, features)
+    without = records_for_batch(ids, "m", "v1", True, class_index, confidence, probabilities, None)
+    shadow = records_for_batch(ids, "c", "v2", False, class_index, confidence, probabilities, None)
+    assert [r.id for r in shadow] == ids
+    assert {(r.model, r.model_version, r.served) for r in shadow} == {("c", "v2", False)}
     for records in (with_inputs, without):
         assert [r.id for r in records] == ids
         assert all(type(r.class_index) is int and type(r.confidence) is float for r in records)
         assert [r.class_index for r in records] == class_index.tolist()
         assert [r.confidence for r in records] == confidence.tolist()
-        assert {r.model_version for r in records} == {"v1"} and len({r.ts for r in records}) == 1
+        assert {(r.model, r.model_version, r.served) for r in records} == {("m", "v1", True)}
+        assert len({r.ts for r in records}) == 1
         assert abs(records[0].ts - time.time()) < 60
         joined = np.stack([np.frombuffer(r.probabilities, dtype=np.float32) for r in records])
         assert np.array_equal(joined, probabilities.astype(np.float32))
@@ -216,13 +230,15 @@ def test_records_for_batch_round_trips_1000_rows() -> None:
     logged = np.stack([np.frombuffer(r.features or b"", dtype=np.float32) for r in with_inputs])
     assert np.array_equal(logged, features)
     # float64 features (not yet cast) are stored as float32 as well
-    again = records_for_batch(ids[:3], "v1", class_index[:3], confidence[:3], probabilities[:3], features[:3] * 1.0)
+    again = records_for_batch(
+        ids[:3], "m", "v1", True, class_index[:3], confidence[:3], probabilities[:3], features[:3] * 1.0
+    )
     assert [r.features for r in again] == [r.features for r in with_inputs[:3]]
 
 
 def queue_records(n: int) -> list[PredictionRecord]:
     probabilities = np.full((n, 2), 0.5)
-    return records_for_batch(new_ids(n), "v", np.zeros(n, np.intp), np.full(n, 0.5), probabilities, None)
+    return records_for_batch(new_ids(n), "m", "v", True, np.zeros(n, np.intp), np.full(n, 0.5), probabilities, None)
 
 
 def test_row_queue_takes_what_fits_and_hands_rows_out_in_order() -> None:

@@ -107,6 +107,12 @@ def is_uuid7(text: str) -> bool:
     return str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
 
 
+def served_name(client: Client) -> str:
+    """The name the app serves its (one) model under: the ``model`` of its log rows and metric series."""
+    name: str = client.app.state.repository.resolve(None).name
+    return name
+
+
 def scrape(client: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = client.get("/metrics")
     assert response.status_code == 200, response.text
@@ -145,9 +151,12 @@ def test_every_prediction_has_a_distinct_uuid7_id_that_is_logged(client: Client,
     assert client.post("/v1/feedback", json={"feedback": [{"prediction_id": ids[0], "label": "0"}]}).json()[
         "counts"
     ] == {"recorded": 1}  # flushes the log: everything below is committed
-    logged = sqlite_rows(tmp_path, "SELECT id, model_version, class_index, confidence FROM predictions ORDER BY id")
+    logged = sqlite_rows(
+        tmp_path, "SELECT id, model, model_version, served, class_index, confidence FROM predictions ORDER BY id"
+    )
     assert [r[0] for r in logged] == ids + more
-    for (_, version, index, confidence), prediction in zip(logged[:3], body["predictions"], strict=True):
+    assert {(r[1], r[3]) for r in logged} == {(served_name(client), 1)}  # one model, every row its answer
+    for (_, _, version, _, index, confidence), prediction in zip(logged[:3], body["predictions"], strict=True):
         assert version == card().version
         assert index == prediction["class_index"]
         assert confidence == pytest.approx(prediction["confidence"], abs=1e-9)
@@ -170,9 +179,9 @@ def test_feedback_recorded_duplicate_conflict_unknown(client: Client, tmp_path: 
     stranger = str(uuid.uuid4())
     unknown = client.post("/v1/feedback", json={"feedback": [{"prediction_id": stranger, "label": "3"}]}).json()
     assert unknown == {"results": [{"prediction_id": stranger, "status": "unknown_id"}], "counts": {"unknown_id": 1}}
-    # the first label stands; nothing was written for the unknown id
+    # the first label stands, stored as the class name; nothing was written for the unknown id
     assert sorted(sqlite_rows(tmp_path, "SELECT prediction_id, label FROM feedback")) == sorted(
-        [(ids[0], 0), (ids[1], 1)]
+        [(ids[0], "0"), (ids[1], "1")]
     )
 
 
@@ -387,17 +396,21 @@ def test_metrics_count_predictions_feedback_requests_and_show_live_ece(client: C
     def delta(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
 
+    model = served_name(client)
     assert delta("calibserve_predictions_total") == 360
+    assert delta("calibserve_predictions_total", model=model) == 360
     for c in CLASSES:
-        assert delta("calibserve_predictions_total", label=c) == sum(p["label"] == c for p in predictions)
+        assert delta("calibserve_predictions_total", model=model, label=c) == sum(p["label"] == c for p in predictions)
     assert delta("calibserve_feedback_total", status="recorded") == 300
     assert delta("calibserve_feedback_total", status="duplicate") == 5
     assert delta("calibserve_requests_total", route="/v1/predict", method="POST", status="200") == 6
     assert delta("calibserve_requests_total", route="/v1/feedback", method="POST", status="200") == 3
     assert delta("calibserve_prediction_confidence_count") == 360
+    assert delta("calibserve_prediction_confidence_count", model=model) == 360
     live_ece = reasons_by_code(calibration(client))["live_ece"]["value"]
     assert live_ece > 0
-    assert total(after, "calibserve_live_ece") == pytest.approx(live_ece, rel=1e-9)
+    series = {"model": model, "version": card().version[:12]}
+    assert total(after, "calibserve_live_ece", **series) == pytest.approx(live_ece, rel=1e-9)
     text = client.get("/metrics").text
     for name in (
         "calibserve_predictions_total",

@@ -24,18 +24,29 @@ from service.monitoring.log import PredictionLog, PredictionRecord, records_for_
 pytestmark = pytest.mark.unit
 
 K = 10
+MODEL = "m-test"
 VERSION = "v-test"
+CLASSES = [str(i) for i in range(K)]  # class names: feedback labels are names, windows give their indices
 
 
 def make_batch(
-    n: int, seed: int = 0, *, version: str = VERSION, features: NDArray[np.float32] | None = None
+    n: int,
+    seed: int = 0,
+    *,
+    model: str = MODEL,
+    version: str = VERSION,
+    served: bool = True,
+    ids: list[str] | None = None,
+    features: NDArray[np.float32] | None = None,
 ) -> list[PredictionRecord]:
-    """``n`` records with fresh UUIDv7 ids and distinct, normalised probability rows."""
+    """``n`` records with fresh UUIDv7 ids (or ``ids``: a shadow model scoring the same requests) and distinct,
+    normalised probability rows."""
     rng = np.random.default_rng(seed)
     probabilities = rng.dirichlet(np.ones(K), size=n)
     class_index = probabilities.argmax(axis=1).astype(np.intp)
     confidence = probabilities.max(axis=1)
-    return records_for_batch(new_ids(n), version, class_index, confidence, probabilities, features)
+    ids = new_ids(n) if ids is None else ids
+    return records_for_batch(ids, model, version, served, class_index, confidence, probabilities, features)
 
 
 def rows(path: Path, query: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -97,7 +108,7 @@ def test_submitted_rows_are_committed_with_every_column(tmp_path: Path) -> None:
     confidence = probabilities.max(axis=1)
     ids = new_ids(5)
     before = time.time()
-    records = records_for_batch(ids, VERSION, class_index, confidence, probabilities, None)
+    records = records_for_batch(ids, MODEL, VERSION, True, class_index, confidence, probabilities, None)
     with open_log(path) as log:
         assert log.submit(records) == 5
         assert log.flush(5.0)
@@ -105,13 +116,15 @@ def test_submitted_rows_are_committed_with_every_column(tmp_path: Path) -> None:
         assert log.count() == (5, 0)
         stored = rows(
             path,
-            "SELECT id, ts, model_version, class_index, confidence, probabilities, features "
+            "SELECT id, model, ts, model_version, served, class_index, confidence, probabilities, features "
             "FROM predictions ORDER BY id",
         )
     assert [r[0] for r in stored] == ids
-    for i, (_, ts, version, index, conf, blob, features) in enumerate(stored):
+    for i, (_, model, ts, version, served, index, conf, blob, features) in enumerate(stored):
+        assert model == MODEL
         assert isinstance(ts, float) and before - 1 <= ts <= time.time() + 1
         assert version == VERSION
+        assert served == 1
         assert index == int(class_index[i])
         assert conf == pytest.approx(float(confidence[i]), abs=1e-12)
         assert isinstance(blob, bytes) and len(blob) == 4 * K
@@ -289,17 +302,17 @@ def test_record_feedback_outcomes(tmp_path: Path) -> None:
     a, b, c = (r.id for r in records)
     with open_log(path) as log:
         log.submit(records)  # no explicit flush: record_feedback must find this process's acknowledged rows
-        assert log.record_feedback([(a, 3), (b, 5)]) == ["recorded", "recorded"]
-        assert log.record_feedback([(a, 3)]) == ["duplicate"]
-        assert log.record_feedback([(a, 4)]) == ["conflict"]
+        assert log.record_feedback([(a, "3"), (b, "5")]) == ["recorded", "recorded"]
+        assert log.record_feedback([(a, "3")]) == ["duplicate"]
+        assert log.record_feedback([(a, "4")]) == ["conflict"]
         # a UUIDv4 is never ours; a fresh UUIDv7 not logged (yet) is kept as pending (tests/monitoring/test_pending.py)
         stranger = new_ids(1)[0]
-        assert log.record_feedback([(str(uuid.uuid4()), 1), (stranger, 1)]) == ["unknown_id", "pending"]
-        assert log.record_feedback([(c, 1), (c, 1), (c, 2)]) == ["recorded", "duplicate", "conflict"]
+        assert log.record_feedback([(str(uuid.uuid4()), "1"), (stranger, "1")]) == ["unknown_id", "pending"]
+        assert log.record_feedback([(c, "1"), (c, "1"), (c, "2")]) == ["recorded", "duplicate", "conflict"]
         assert log.count() == (3, 4)
-    # a conflict never overwrites the first label
+    # a conflict never overwrites the first label; labels are stored as the class names they are
     assert sorted(rows(path, "SELECT prediction_id, label FROM feedback")) == sorted(
-        [(a, 3), (b, 5), (c, 1), (stranger, 1)]
+        [(a, "3"), (b, "5"), (c, "1"), (stranger, "1")]
     )
 
 
@@ -313,23 +326,23 @@ def test_labelled_window_is_newest_feedback_first_and_per_model_version(tmp_path
         order = [3, 0, 4, 1]  # feedback arrives in this order, not in prediction order
         stamps = []
         for i in order:
-            assert log.record_feedback([(mine[i].id, i)]) == ["recorded"]
+            assert log.record_feedback([(mine[i].id, CLASSES[i])]) == ["recorded"]
             stamps.append(time.time())
             while time.time() <= stamps[-1]:  # the next feedback gets a later timestamp than this stamp
                 time.sleep(0.001)
-        assert log.record_feedback([(r.id, 9) for r in other]) == ["recorded"] * 3
+        assert log.record_feedback([(r.id, "9") for r in other]) == ["recorded"] * 3
 
-        probs, labels = log.labelled_window(VERSION, K, None, None)
+        probs, labels = log.labelled_window(MODEL, VERSION, CLASSES, None, None)
         assert labels.tolist() == [1, 4, 0, 3]
         for row, i in zip(probs, labels.tolist(), strict=True):
             expected = np.frombuffer(mine[i].probabilities, dtype=np.float32).astype(np.float64)
             np.testing.assert_allclose(row, expected / expected.sum(), rtol=1e-6)
         assert probs.shape == (4, K) and probs.dtype == np.float64
 
-        assert log.labelled_window(VERSION, K, 2, None)[1].tolist() == [1, 4]
-        assert log.labelled_window(VERSION, K, None, stamps[1])[1].tolist() == [1, 4]
-        assert log.labelled_window("v-other", K, None, None)[1].tolist() == [9, 9, 9]
-        empty_probs, empty_labels = log.labelled_window("v-none", K, None, None)
+        assert log.labelled_window(MODEL, VERSION, CLASSES, 2, None)[1].tolist() == [1, 4]
+        assert log.labelled_window(MODEL, VERSION, CLASSES, None, stamps[1])[1].tolist() == [1, 4]
+        assert log.labelled_window(MODEL, "v-other", CLASSES, None, None)[1].tolist() == [9, 9, 9]
+        empty_probs, empty_labels = log.labelled_window(MODEL, "v-none", CLASSES, None, None)
         assert empty_probs.shape == (0, K) and empty_labels.shape == (0,)
 
 
@@ -339,7 +352,7 @@ def test_recent_predictions_are_newest_first_and_per_model_version(tmp_path: Pat
     with open_log(path) as log:
         log.submit(mine + make_batch(4, seed=2, version="v-other"))
         assert log.flush(5.0)
-        recent = log.recent_predictions(VERSION, K, 3, None)
+        recent = log.recent_predictions(MODEL, VERSION, K, 3, None)
     expected = [np.frombuffer(r.probabilities, dtype=np.float32).astype(np.float64) for r in mine[::-1][:3]]
     np.testing.assert_allclose(recent, np.stack([e / e.sum() for e in expected]), rtol=1e-6)
 
@@ -353,7 +366,7 @@ def test_retention_rows_keeps_the_newest_n(tmp_path: Path) -> None:
     with open_log(path, retention_rows=5, retention_days=None, prune_interval=3600) as log:
         log.submit(records)
         assert log.flush(5.0)
-        assert log.record_feedback([(records[0].id, 1), (records[-1].id, 2)]) == ["recorded", "recorded"]
+        assert log.record_feedback([(records[0].id, "1"), (records[-1].id, "2")]) == ["recorded", "recorded"]
         assert log.count() == (12, 2)
         log.prune_now()
         assert logged_ids(path) == {r.id for r in records[-5:]}
@@ -365,14 +378,8 @@ def test_retention_days_deletes_old_rows(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite"
     now = time.time()
     fresh = make_batch(4, seed=1)
-    old = [
-        PredictionRecord(r.id, now - days * 86400, r.model_version, r.class_index, r.confidence, r.probabilities, None)
-        for r, days in zip(make_batch(3, seed=2), (1.5, 3.0, 400.0), strict=True)
-    ]
-    borderline = [
-        PredictionRecord(r.id, now - 0.5 * 86400, r.model_version, r.class_index, r.confidence, r.probabilities, None)
-        for r in make_batch(1, seed=3)
-    ]
+    old = [r._replace(ts=now - days * 86400) for r, days in zip(make_batch(3, seed=2), (1.5, 3.0, 400.0), strict=True)]
+    borderline = [r._replace(ts=now - 0.5 * 86400) for r in make_batch(1, seed=3)]
     with open_log(path, retention_days=1.0, retention_rows=None, prune_interval=3600) as log:
         log.submit(old + fresh + borderline)
         assert log.flush(5.0)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from service.monitoring.ids import new_ids
-from service.monitoring.log import CHUNK, CLOCK_SKEW_S, PredictionLog, PredictionRecord
-from tests.monitoring.test_log import VERSION, K, make_batch, open_log
+from service.monitoring.log import CHUNK, CLOCK_SKEW_S, PredictionLog
+from tests.monitoring.test_log import CLASSES, MODEL, VERSION, K, make_batch, open_log
 
 pytestmark = pytest.mark.unit
 
@@ -30,9 +30,9 @@ def uuid7_at(unix_seconds: float) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:32]}"
 
 
-def feedback_rows(path: Path) -> dict[str, int]:
+def feedback_rows(path: Path) -> dict[str, str]:
     with closing(sqlite3.connect(path)) as connection:
-        return {str(i): int(label) for i, label in connection.execute("SELECT prediction_id, label FROM feedback")}
+        return {str(i): str(label) for i, label in connection.execute("SELECT prediction_id, label FROM feedback")}
 
 
 @contextmanager
@@ -60,25 +60,25 @@ def test_feedback_before_the_row_commits_is_pending_then_counted_exactly_once(tm
         with held_back(path) as other:
             assert other.submit(records) == 3  # queued there: its writer lingers for more before committing
             assert here.count() == (0, 0)  # invisible to this process
-            assert here.record_feedback([(a, 3), (b, 4)]) == ["pending", "pending"]
+            assert here.record_feedback([(a, "3"), (b, "4")]) == ["pending", "pending"]
             # a second label for a pending id keeps the duplicate / conflict rules
-            assert here.record_feedback([(a, 3), (a, 5), (c, 1), (c, 1)]) == [
+            assert here.record_feedback([(a, "3"), (a, "5"), (c, "1"), (c, "1")]) == [
                 "duplicate",
                 "conflict",
                 "pending",
                 "duplicate",
             ]
-            probs, labels = here.labelled_window(VERSION, K, None, None)
+            probs, labels = here.labelled_window(MODEL, VERSION, CLASSES, None, None)
             assert labels.tolist() == [] and probs.shape == (0, K)
         # leaving held_back closed the other log: its writer committed the rows
         assert here.count() == (3, 3)
-        probs, labels = here.labelled_window(VERSION, K, None, None)
+        probs, labels = here.labelled_window(MODEL, VERSION, CLASSES, None, None)
         assert sorted(labels.tolist()) == [1, 3, 4]  # each label once
         assert probs.shape == (3, K)
         # once the row is there, a resent label is a duplicate and the window still counts it once
-        assert here.record_feedback([(a, 3), (b, 9)]) == ["duplicate", "conflict"]
-        assert sorted(here.labelled_window(VERSION, K, None, None)[1].tolist()) == [1, 3, 4]
-    assert feedback_rows(path) == {a: 3, b: 4, c: 1}
+        assert here.record_feedback([(a, "3"), (b, "9")]) == ["duplicate", "conflict"]
+        assert sorted(here.labelled_window(MODEL, VERSION, CLASSES, None, None)[1].tolist()) == [1, 3, 4]
+    assert feedback_rows(path) == {a: "3", b: "4", c: "1"}
 
 
 def test_ids_that_cannot_be_ours_are_unknown_and_nothing_is_kept(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_ids_that_cannot_be_ours_are_unknown_and_nothing_is_kept(tmp_path: Path)
         ahead: "pending",
     }
     with open_log(path, feedback_pending_seconds=300.0) as log:
-        assert log.record_feedback([(i, 2) for i in cases]) == list(cases.values())
+        assert log.record_feedback([(i, "2") for i in cases]) == list(cases.values())
     assert set(feedback_rows(path)) == {fresh, recent, ahead}
 
 
@@ -109,12 +109,11 @@ def test_an_old_id_that_is_logged_is_recorded_however_old(tmp_path: Path) -> Non
     """The age check is for ids that are not in the log: labels for logged predictions may come days later."""
     path = tmp_path / "log.sqlite"
     made = time.time() - 3 * 86_400
-    base = make_batch(1, seed=5)[0]
-    old = PredictionRecord(uuid7_at(made), made, VERSION, base.class_index, base.confidence, base.probabilities, None)
+    old = make_batch(1, seed=5, ids=[uuid7_at(made)])[0]._replace(ts=made)
     with open_log(path, feedback_pending_seconds=300.0) as log:
         log.submit([old])
         assert log.flush(5.0)
-        assert log.record_feedback([(old.id, 1)]) == ["recorded"]
+        assert log.record_feedback([(old.id, "1")]) == ["recorded"]
 
 
 def test_pending_labels_outlive_the_start_up_prune_and_expire_after_the_window(tmp_path: Path) -> None:
@@ -126,7 +125,11 @@ def test_pending_labels_outlive_the_start_up_prune_and_expire_after_the_window(t
     with open_log(path, feedback_pending_seconds=300.0) as log:
         log.submit(logged)
         assert log.flush(5.0)
-        assert log.record_feedback([(young, 1), (aged, 2), (logged[0].id, 3)]) == ["pending", "pending", "recorded"]
+        assert log.record_feedback([(young, "1"), (aged, "2"), (logged[0].id, "3")]) == [
+            "pending",
+            "pending",
+            "recorded",
+        ]
         log.prune_now()
         assert set(feedback_rows(path)) == {young, aged, logged[0].id}
     # a restart prunes at start-up: still within the window, both pending labels stay
@@ -147,7 +150,7 @@ def test_feedback_of_predictions_pruned_by_row_retention_goes_with_them(tmp_path
     with open_log(path, retention_rows=3, retention_days=None, prune_interval=3600) as log:
         log.submit(records)
         assert log.flush(5.0)
-        items = [(r.id, 1) for r in records] + [(pending, 2)]
+        items = [(r.id, "1") for r in records] + [(pending, "2")]
         assert log.record_feedback(items) == ["recorded"] * 6 + ["pending"]
         log.prune_now()
         assert log.count() == (3, 4)
@@ -163,8 +166,8 @@ def test_many_items_across_chunks_keep_their_order_and_statuses(tmp_path: Path) 
     with open_log(path) as log:
         log.submit(logged)
         assert log.flush(10.0)
-        first = [(r.id, 1) for r in logged] + [(i, 2) for i in pending] + [(s, 3) for s in strangers]
-        again = [(logged[0].id, 1), (logged[-1].id, 4), (pending[0], 2), (pending[-1], 5)]
+        first = [(r.id, "1") for r in logged] + [(i, "2") for i in pending] + [(s, "3") for s in strangers]
+        again = [(logged[0].id, "1"), (logged[-1].id, "4"), (pending[0], "2"), (pending[-1], "5")]
         statuses = log.record_feedback(first + again)
         assert statuses == (
             ["recorded"] * len(logged)

@@ -27,7 +27,7 @@ from service.monitoring.log import RETRY_AFTER_S, PredictionLog
 from service.monitoring.monitor import LOG_FILE
 from tests.api.conftest import Client, error_of, serve, settings_for
 from tests.monitoring.test_feedback_api import calibration, predict_ids, reasons_by_code, scrape, total
-from tests.monitoring.test_log import VERSION, K, logged_ids, make_batch, open_log
+from tests.monitoring.test_log import CLASSES, MODEL, VERSION, logged_ids, make_batch, open_log
 
 ROWS = np.asarray([DIGIT_ZERO, DIGIT_ONE] * 5, dtype=np.float64)
 DEADLINE_S = 10.0
@@ -99,7 +99,7 @@ def test_a_deleted_directory_is_recreated_and_rows_go_to_the_new_file(tmp_path: 
         assert path.exists()
         assert logged_ids(path) == {r.id for r in after}
         assert log.stats().dropped == 0 and log.store_problem() is None
-        assert log.record_feedback([(after[0].id, 1)]) == ["recorded"]
+        assert log.record_feedback([(after[0].id, "1")]) == ["recorded"]
     assert any(str(path) in m and "new log" in m for m in records.messages(logging.WARNING))
 
 
@@ -130,10 +130,10 @@ def test_an_unavailable_store_drops_and_counts_every_row_says_so_once_and_recove
         assert str(path) in errors[0] and problem.reason in errors[0]
 
         with pytest.raises(StoreUnavailable) as refused:
-            log.record_feedback([(lost[0][0].id, 1)])
+            log.record_feedback([(lost[0][0].id, "1")])
         assert refused.value.details["retry_after"] == RETRY_AFTER_S
         with pytest.raises(StoreUnavailable):
-            log.labelled_window(VERSION, K, None, None)
+            log.labelled_window(MODEL, VERSION, CLASSES, None, None)
 
         directory.unlink()  # the way is free again: the writer makes the directory and a fresh log
         wait_for(lambda: log.store_problem() is None, "the writer to reopen the log")
@@ -142,7 +142,7 @@ def test_an_unavailable_store_drops_and_counts_every_row_says_so_once_and_recove
         assert log.flush(5.0)
         assert logged_ids(path) == {r.id for r in back}
         assert log.stats().dropped == n_lost
-        assert log.record_feedback([(back[0].id, 4)]) == ["recorded"]
+        assert log.record_feedback([(back[0].id, "4")]) == ["recorded"]
         assert len(records.messages(logging.ERROR)) == 1
         assert any("written again" in m and str(n_lost) in m for m in records.messages(logging.WARNING))
 
@@ -248,11 +248,11 @@ def test_queue_depth_gauge_reads_zero_on_an_idle_server(client: Client) -> None:
 @pytest.mark.api
 def test_pending_feedback_through_the_api_counts_once_its_prediction_lands(client: Client, data_dir: Path) -> None:
     """A label for a row another process still holds in its queue: ``pending`` now, in the window later."""
-    version = client.app.state.engine.card.version
+    served = client.app.state.repository.resolve(None)
     before = scrape(client)
     other = PredictionLog(data_dir / LOG_FILE, batch_size=100_000, linger=3600.0, prune_interval=3600.0)
     try:
-        records = make_batch(2, seed=21, version=version)
+        records = make_batch(2, seed=21, model=served.name, version=served.version)
         other.submit(records)
         response = client.post(
             "/v1/feedback",
