@@ -21,10 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from service.api.schemas import DIGIT_ONE, DIGIT_ZERO
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, ModelSources
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -220,3 +221,48 @@ def test_compose_up_serves_the_default_model(image: str) -> None:
     finally:
         down = run(*compose, "down", "-v", env=env, check=False, timeout=120)
     assert down.returncode == 0, down.stderr
+
+
+def test_a_mounted_repository_serves_every_model_and_picks_up_a_new_one(
+    image: str, model_sources: ModelSources
+) -> None:
+    """The image with a repository of models: the bundled one and one imported by ``calibserve calibrate``, a
+    shadow pair between them, and poll mode picking up a third directory copied in while serving."""
+    name, port = f"calibserve-repo-{uuid.uuid4().hex[:8]}", free_port()
+    with tempfile.TemporaryDirectory() as models:  # pytest's own tmp dirs are 0700: unreadable for uid 10001
+        root = Path(models)
+        root.chmod(0o755)
+        model_sources.repository(root, digits=model_sources.digits, imported=model_sources.digits_t1)
+        readable(root)
+        settings = {
+            "CALIBSERVE_MODEL_REPOSITORY": "/models",
+            "CALIBSERVE_DEFAULT_MODEL": "digits",
+            "CALIBSERVE_REPOSITORY_POLL_SECONDS": "0.5",
+            "CALIBSERVE_SHADOW": "digits:imported",
+        }
+        environment = [arg for key, value in settings.items() for arg in ("-e", f"{key}={value}")]
+        run(ENGINE, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", "-v", f"{models}:/models:ro",
+            *environment, image)  # fmt: skip
+        try:
+            wait_ready(port, name)
+            assert predict(port)["model"]["name"] == "digits"
+            listed = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+            assert [(m["name"], m["state"]) for m in listed["models"]] == [("digits", "ready"), ("imported", "ready")]
+            shadow = httpx.get(f"http://127.0.0.1:{port}/v1/models/digits/shadow", timeout=30).json()
+            assert shadow["unlabelled"]["n"] == 2 and shadow["shadow"]["skipped_rows"] == 0
+            shutil.copytree(model_sources.digits_copy, root / "third")
+            readable(root / "third")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/models/third/ready", timeout=10).status_code == 200:
+                    break
+                time.sleep(0.5)
+            assert httpx.get(f"http://127.0.0.1:{port}/v2/models/third/ready", timeout=10).status_code == 200
+        finally:
+            run(ENGINE, "rm", "-f", name, check=False)
+
+
+def readable(path: Path) -> None:
+    """World-readable files and directories: the image's user (uid 10001) reads the mount."""
+    for item in [path, *path.rglob("*")]:
+        item.chmod(0o755 if item.is_dir() else 0o644)
