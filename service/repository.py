@@ -170,7 +170,10 @@ class ModelRepository:
             single = self.settings.model_path
             return {entry.name: entry.path for entry in self._entries.values()} or {"": single}
         try:
-            children = sorted(p for p in root.iterdir() if p.is_dir() and (p / MODEL_FILE).is_file())
+            # Hidden directories are an operator's staging area (copy in as .name.new, then rename): never models.
+            children = sorted(
+                p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MODEL_FILE).is_file()
+            )
         except OSError as error:
             logger.error("model repository %s cannot be read: %s", root, error)
             return {name: entry.path for name, entry in self._entries.items()}

@@ -348,3 +348,11 @@ def test_adding_a_model_keeps_the_only_model_at_start_up_as_the_default(
         unnamed = client.predict({"instances": digits[0][:1].tolist()})
         assert unnamed.status_code == 200 and unnamed.json()["model"]["name"] == "digits"
         assert client.get("/v1/models").json()["default"] == "digits"
+
+
+def test_hidden_directories_are_staging_never_models(model_sources: ModelSources, tmp_path: Path) -> None:
+    root = model_sources.repository(
+        tmp_path / "repo", digits=model_sources.digits, **{".digits.new": model_sources.digits_t1}
+    )
+    with serve(repository_settings(root, tmp_path)) as client:
+        assert [m["name"] for m in client.post("/v2/repository/index").json()] == ["digits"]
