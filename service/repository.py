@@ -303,7 +303,11 @@ class ModelRepository:
                 )
         key = name or ""
         entry = self._entries.get(key) or _Entry(key, path)
+        if key:
+            self._entries.setdefault(key, entry)  # a first load shows as "loading" in the index meanwhile
         async with entry.lock:
+            if entry.current is None:
+                entry.state, entry.reason = "loading", None
             stamp = fingerprint(path)
             try:
                 built = await asyncio.to_thread(self._build, name, path, stamp)
@@ -353,8 +357,6 @@ class ModelRepository:
         entry.reason, entry.failed_fingerprint = reason, stamp
         if entry.current is None:
             entry.state = "unavailable"
-            if entry.name:
-                self._entries.setdefault(entry.name, entry)
         metrics.MODEL_LOADS.labels(model=name, outcome="failed").inc()
         serving = "" if entry.current is None else f"; version {entry.current.version[:12]} keeps serving"
         logger.error("model %s: load failed: %s%s", name, reason, serving)
