@@ -230,6 +230,10 @@ class ModelRepository:
                 statuses[name] = ModelStatus(name, None, "unavailable", "not loaded")
         return [statuses[name] for name in sorted(statuses)]
 
+    def serves_several(self) -> bool:
+        """More than one model serving (the request path asks this on every unnamed request: no sorting)."""
+        return sum(1 for entry in self._entries.values() if entry.current is not None) > 1
+
     def ready_names(self) -> list[str]:
         return sorted(name for name, entry in self._entries.items() if entry.current is not None)
 
@@ -268,9 +272,13 @@ class ModelRepository:
         entry = self._entries.get(name)
         if entry is not None and entry.current is not None:
             return entry.current
+        raise self._not_found(name)
+
+    def _not_found(self, name: str) -> ModelNotFound:
+        entry = self._entries.get(name)
         ready = self.ready_names()
         why = f" ({entry.state}: {entry.reason})" if entry is not None and entry.reason else ""
-        raise ModelNotFound(
+        return ModelNotFound(
             f"model {name[:200]!r} is not loaded{why}; this server serves {', '.join(map(repr, ready)) or 'none'}",
             {"model": name[:200], "available": ready},
         )
@@ -364,8 +372,7 @@ class ModelRepository:
     async def unload(self, name: str) -> ModelStatus:
         entry = self._entries.get(name)
         if entry is None:
-            self.resolve(name)  # raises the 404 naming what is served
-            raise AssertionError("unreachable")
+            raise self._not_found(name)
         async with entry.lock:
             if entry.current is not None:
                 metrics.MODEL_READY.labels(model=name, version=entry.current.version[:12]).set(0)

@@ -84,7 +84,7 @@ async def predict_response(request: Request, name: str | None) -> Response:
     npy = _media_type(request.headers.get("content-type")) == NPY_MEDIA_TYPE
     body = await request.body()
     name_in_request = None
-    if name is None and len(repository.ready_names()) > 1:  # the model decides how to decode the instances
+    if name is None and repository.serves_several():  # the model decides how to decode the instances
         name_in_request = request.query_params.get("model") if npy else requested_model(body)
     with repository.lease(name or name_in_request) as served:
         engine = served.engine
