@@ -16,8 +16,8 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY models/digits ./models/digits
-# Runtime dependencies only; then drop what a server never runs: pip itself, setuptools, test suites.
-RUN /opt/venv/bin/pip install --no-compile . \
+# Runtime dependencies only (with psycopg, for a shared PostgreSQL store); then drop what a server never runs: pip itself, setuptools, test suites.
+RUN /opt/venv/bin/pip install --no-compile '.[postgres]' \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
  && find /opt/venv -depth \( -name tests -o -name __pycache__ \) -type d -exec rm -rf {} + \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib

@@ -136,6 +136,11 @@ class Settings(BaseSettings):
 
     # Prediction log and live calibration monitoring.
     data_dir: Path = Field(Path("data"), description="directory of the prediction log (SQLite) and metrics files")
+    database_url: SecretStr | None = Field(
+        None,
+        description="postgresql://user:password@host:5432/db: the shared prediction store for several replicas "
+        "(unset: an embedded SQLite file in data_dir, for one server)",
+    )
     log_predictions: bool = Field(True, description="log every prediction for live calibration monitoring")
     log_inputs: bool = Field(False, description="also log the input features (off: inputs may be personal data)")
     log_queue_size: int = Field(10_000, ge=1, description="rows the log writer may hold before the queue is full")
@@ -178,6 +183,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "api_key",
+        "database_url",
         "abstain_below",
         "target_accuracy",
         "window_hours",

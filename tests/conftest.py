@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from contextlib import suppress
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +12,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.postgres import SKIP_REASON as POSTGRES_SKIP_REASON
+from tests.postgres import PostgresServer, find_bindir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "digits"
@@ -108,3 +112,35 @@ def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
     copy = root / "digits-copy"
     shutil.copytree(DEFAULT_MODEL_DIR, copy)
     return ModelSources(DEFAULT_MODEL_DIR, t1, copy, data)
+
+
+# -- PostgreSQL: a real server for the store tests (skipped, with the reason, only where it is not installed) --
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip(POSTGRES_SKIP_REASON)
+    pytest.importorskip("psycopg", reason="needs the 'postgres' extra: pip install -e '.[postgres]'")
+    server = PostgresServer(bindir)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        with suppress(Exception):
+            server.stop("immediate")
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database of the session's server."""
+    return postgres_server.fresh_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """What a ``PredictionLog`` is opened on, once per backend: a SQLite file's path, a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return tmp_path / "log.sqlite"
+    return str(request.getfixturevalue("postgres_url"))

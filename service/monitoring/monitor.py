@@ -1,6 +1,6 @@
 """Live monitoring of each served model version: log its predictions, judge its live window.
 
-Glue between the prediction log (SQLite, one per server, shared by every model), the live evaluation (pure
+Glue between the prediction log (SQLite or PostgreSQL, one per server, shared by every model), the live evaluation (pure
 numpy) and the Prometheus metrics, so the HTTP layer calls a few methods and knows nothing of windows or
 thresholds. One ``Monitor`` per loaded model version: a new version starts its own window (the log is read
 by model name and version) and is judged against its own card.
@@ -82,8 +82,9 @@ def open_log(settings: Settings) -> PredictionLog | None:
     """The server's one prediction log (None when logging is off), its drops and depth fed to /metrics."""
     if not settings.log_predictions:
         return None
+    target = settings.database_url.get_secret_value() if settings.database_url else settings.data_dir / LOG_FILE
     return PredictionLog(
-        settings.data_dir / LOG_FILE,
+        target,
         queue_size=settings.log_queue_size,
         on_full=settings.log_queue_full,
         retention_days=settings.retention_days,
@@ -231,6 +232,7 @@ class Monitor:
         return Reason(
             "log_store_unavailable",
             "warning",
-            f"the prediction log {self.log.path} {what}. Predictions are served but not logged (counted in "
-            "log_dropped_rows), feedback is refused with 503, and the live checks cannot run until it is back",
+            f"the prediction log {self.log.path} {what}. Predictions are served; their rows wait in the log's "
+            "queue and are written when the store is back (beyond the queue they are counted in log_dropped_rows), "
+            "feedback is refused with 503, and the live checks cannot run until it is back",
         )

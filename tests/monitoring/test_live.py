@@ -601,7 +601,11 @@ def test_summary_matches_the_output_before_the_typed_refactor(replay: Replay) ->
         "n": 150,
         "interval": "basic_bootstrap_noise_floor",
     }
-    assert labelled["ece_noise_floor"] == {"mean": 0.09123670755651526, "upper": 0.11833979557801917}
+    # A quantile of the simulated null: its last digits move with numpy's summation order (seen: 2.4.6).
+    assert labelled["ece_noise_floor"] == {
+        "mean": pytest.approx(0.09123670755651526, rel=1e-12),
+        "upper": pytest.approx(0.11833979557801917, rel=1e-12),
+    }
     assert labelled["ece_gate"] == {"mean": 0.09232381463439017, "upper": 0.1615725951100193, "level": level}
     assert labelled["accuracy_drop_noise"] == {
         "mean": -1.31111111111187e-05,

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,17 +50,23 @@ def make_batch(
     return records_for_batch(ids, model, version, served, class_index, confidence, probabilities, features)
 
 
-def rows(path: Path, query: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    with closing(sqlite3.connect(path)) as connection:
+def rows(target: Path | str, query: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Rows read straight from the store's database (SQLite file or PostgreSQL URL), ``?`` placeholders."""
+    if isinstance(target, str):
+        import psycopg
+
+        with psycopg.connect(target) as connection:
+            return [tuple(row) for row in connection.execute(query.replace("?", "%s"), parameters).fetchall()]
+    with closing(sqlite3.connect(target)) as connection:
         return list(connection.execute(query, parameters).fetchall())
 
 
-def logged_ids(path: Path) -> set[str]:
-    return {str(row[0]) for row in rows(path, "SELECT id FROM predictions")}
+def logged_ids(target: Path | str) -> set[str]:
+    return {str(row[0]) for row in rows(target, "SELECT id FROM predictions")}
 
 
 @contextmanager
-def open_log(path: Path, **options: object) -> Iterator[PredictionLog]:
+def open_log(path: Path | str, **options: object) -> Iterator[PredictionLog]:
     log = PredictionLog(path, **options)  # type: ignore[arg-type]
     try:
         yield log
@@ -74,9 +81,23 @@ def settle(log: PredictionLog) -> None:
 
 
 @contextmanager
-def write_lock(path: Path) -> Iterator[sqlite3.Connection]:
-    """Hold the database's write lock from a second connection until the block ends (or it is rolled back)."""
-    connection = sqlite3.connect(path, isolation_level=None, timeout=5.0, check_same_thread=False)
+def write_lock(target: Path | str) -> Iterator[Any]:
+    """Hold the database's write lock from a second connection until the block ends (or it is rolled back
+    with ``lock.execute("ROLLBACK")``): SQLite's ``BEGIN EXCLUSIVE``, or on PostgreSQL a table lock that
+    blocks inserts into the predictions."""
+    if isinstance(target, str):
+        import psycopg
+
+        pg = psycopg.connect(target, autocommit=True)
+        pg.execute("BEGIN")
+        pg.execute("LOCK TABLE predictions IN EXCLUSIVE MODE")
+        try:
+            yield pg
+        finally:
+            pg.execute("ROLLBACK")
+            pg.close()
+        return
+    connection = sqlite3.connect(target, isolation_level=None, timeout=5.0, check_same_thread=False)
     connection.execute("BEGIN EXCLUSIVE")
     try:
         yield connection
@@ -100,8 +121,8 @@ def wait_until_writer_holds_everything(log: PredictionLog, timeout: float = 5.0)
 # -- rows and columns ---------------------------------------------------------------------------------------
 
 
-def test_submitted_rows_are_committed_with_every_column(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_submitted_rows_are_committed_with_every_column(store_target: Path | str) -> None:
+    path = store_target
     rng = np.random.default_rng(1)
     probabilities = rng.dirichlet(np.ones(K), size=5)
     class_index = probabilities.argmax(axis=1).astype(np.intp)
@@ -132,8 +153,8 @@ def test_submitted_rows_are_committed_with_every_column(tmp_path: Path) -> None:
         assert features is None
 
 
-def test_features_are_stored_as_float32_bytes_when_given(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_features_are_stored_as_float32_bytes_when_given(store_target: Path | str) -> None:
+    path = store_target
     features = np.random.default_rng(2).uniform(0, 16, size=(4, 64)).astype(np.float32)
     records = make_batch(4, features=features)
     with open_log(path) as log:
@@ -209,8 +230,8 @@ def test_new_ids_from_several_threads_are_unique() -> None:
 # -- a full queue -------------------------------------------------------------------------------------------
 
 
-def test_drop_policy_accepts_what_fits_and_counts_exactly_the_rest(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_drop_policy_accepts_what_fits_and_counts_exactly_the_rest(store_target: Path | str) -> None:
+    path = store_target
     with open_log(path, queue_size=3, on_full="drop", flush_interval=0.05, prune_interval=3600) as log:
         warmup = make_batch(1, seed=0)
         log.submit(warmup)
@@ -232,8 +253,8 @@ def test_drop_policy_accepts_what_fits_and_counts_exactly_the_rest(tmp_path: Pat
     assert logged_ids(path) == {r.id for r in warmup + held + burst[:3]}
 
 
-def test_wait_policy_waits_for_room_and_drops_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_wait_policy_waits_for_room_and_drops_nothing(store_target: Path | str) -> None:
+    path = store_target
     with open_log(
         path, queue_size=3, on_full="wait", wait_timeout=5.0, flush_interval=0.05, prune_interval=3600
     ) as log:
@@ -258,8 +279,8 @@ def test_wait_policy_waits_for_room_and_drops_nothing(tmp_path: Path) -> None:
     assert len(logged_ids(path)) == 22
 
 
-def test_wait_policy_drops_and_counts_after_the_wait_timeout(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_wait_policy_drops_and_counts_after_the_wait_timeout(store_target: Path | str) -> None:
+    path = store_target
     with open_log(
         path, queue_size=2, on_full="wait", wait_timeout=0.3, flush_interval=0.05, prune_interval=3600
     ) as log:
@@ -274,8 +295,8 @@ def test_wait_policy_drops_and_counts_after_the_wait_timeout(tmp_path: Path) -> 
             assert log.stats().dropped == 3
 
 
-def test_close_drains_every_queued_row(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_close_drains_every_queued_row(store_target: Path | str) -> None:
+    path = store_target
     log = PredictionLog(path, queue_size=5000, batch_size=50, flush_interval=0.05, prune_interval=3600)
     log.submit(make_batch(1, seed=0))
     settle(log)
@@ -296,8 +317,8 @@ def test_close_drains_every_queued_row(tmp_path: Path) -> None:
 # -- feedback -----------------------------------------------------------------------------------------------
 
 
-def test_record_feedback_outcomes(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_record_feedback_outcomes(store_target: Path | str) -> None:
+    path = store_target
     records = make_batch(3)
     a, b, c = (r.id for r in records)
     with open_log(path) as log:
@@ -316,8 +337,8 @@ def test_record_feedback_outcomes(tmp_path: Path) -> None:
     )
 
 
-def test_labelled_window_is_newest_feedback_first_and_per_model_version(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_labelled_window_is_newest_feedback_first_and_per_model_version(store_target: Path | str) -> None:
+    path = store_target
     mine = make_batch(5, seed=1)
     other = make_batch(3, seed=2, version="v-other")
     with open_log(path) as log:
@@ -346,8 +367,8 @@ def test_labelled_window_is_newest_feedback_first_and_per_model_version(tmp_path
         assert empty_probs.shape == (0, K) and empty_labels.shape == (0,)
 
 
-def test_recent_predictions_are_newest_first_and_per_model_version(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_recent_predictions_are_newest_first_and_per_model_version(store_target: Path | str) -> None:
+    path = store_target
     mine = make_batch(6, seed=1)
     with open_log(path) as log:
         log.submit(mine + make_batch(4, seed=2, version="v-other"))
@@ -360,8 +381,8 @@ def test_recent_predictions_are_newest_first_and_per_model_version(tmp_path: Pat
 # -- retention ----------------------------------------------------------------------------------------------
 
 
-def test_retention_rows_keeps_the_newest_n(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_retention_rows_keeps_the_newest_n(store_target: Path | str) -> None:
+    path = store_target
     records = make_batch(12)
     with open_log(path, retention_rows=5, retention_days=None, prune_interval=3600) as log:
         log.submit(records)

@@ -79,8 +79,8 @@ def request_index(window: NDArray[np.float64], column: int) -> list[int]:
 # -- (a) two models under the same ids ----------------------------------------------------------------------
 
 
-def test_a_served_row_and_a_shadow_row_under_one_id_both_land_and_stay_apart(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_a_served_row_and_a_shadow_row_under_one_id_both_land_and_stay_apart(store_target: Path | str) -> None:
+    path = store_target
     version = "v-same"  # both models under one version string: only the model name keeps them apart
     answers = make_batch(6, seed=1, model=CHAMPION, version=version)
     ids = [r.id for r in answers]
@@ -114,8 +114,8 @@ def test_a_served_row_and_a_shadow_row_under_one_id_both_land_and_stay_apart(tmp
         assert log.labelled_window("nobody", version, NAMES, None, None)[1].shape == (0,)
 
 
-def test_a_label_that_comes_before_both_rows_counts_for_both_once_they_land(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_a_label_that_comes_before_both_rows_counts_for_both_once_they_land(store_target: Path | str) -> None:
+    path = store_target
     answers = make_batch(2, seed=3, model=CHAMPION, version="v-c")
     ids = [r.id for r in answers]
     shadows = make_batch(2, seed=4, model=CHALLENGER, version="v-s", served=False, ids=ids)
@@ -139,8 +139,8 @@ def test_a_label_that_comes_before_both_rows_counts_for_both_once_they_land(tmp_
 # -- (b) paired_window --------------------------------------------------------------------------------------
 
 
-def test_paired_window_aligns_the_two_models_rows_request_by_request(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_paired_window_aligns_the_two_models_rows_request_by_request(store_target: Path | str) -> None:
+    path = store_target
     n = 8
     ids = new_ids(n)
     champion_probs, challenger_probs = marked(n, 0), marked(n, 1)  # row i: request i, under either model
@@ -213,9 +213,9 @@ def test_paired_window_aligns_the_two_models_rows_request_by_request(tmp_path: P
 
 
 def test_a_label_outside_a_models_classes_is_left_out_of_its_window_and_counts_for_a_model_that_has_it(
-    tmp_path: Path,
+    store_target: Path | str,
 ) -> None:
-    path = tmp_path / "log.sqlite"
+    path = store_target
     narrow, wide = ["cat", "dog"], ["cat", "dog", "bird"]  # the challenger knows one class more
     ids = new_ids(3)
     rng = np.random.default_rng(5)
@@ -239,8 +239,8 @@ def test_a_label_outside_a_models_classes_is_left_out_of_its_window_and_counts_f
     )
 
 
-def test_labels_a_model_cannot_read_never_crowd_its_own_out_of_a_limited_window(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_labels_a_model_cannot_read_never_crowd_its_own_out_of_a_limited_window(store_target: Path | str) -> None:
+    path = store_target
     ids = new_ids(3)
     rng = np.random.default_rng(6)
     answers = records(ids, CHALLENGER, "v2", True, rng.dirichlet(np.ones(3), size=3))
@@ -339,15 +339,16 @@ def test_an_empty_database_is_given_the_schema_not_moved(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("label", ["007", "7.0", "1e3", "-0", " 7", "0x10", "7"])
-def test_a_numeric_looking_label_is_stored_and_compared_as_the_text_it_is(tmp_path: Path, label: str) -> None:
-    path = tmp_path / "log.sqlite"
+def test_a_numeric_looking_label_is_stored_and_compared_as_the_text_it_is(store_target: Path | str, label: str) -> None:
+    path = store_target
+    type_of = "pg_typeof(label)::text" if isinstance(path, str) else "typeof(label)"
     classes = [label, "7" if label != "7" else "007"] + [f"c{i}" for i in range(2, K)]
     batch = make_batch(2, seed=9)
     with open_log(path) as log:
         log.submit(batch)
         assert log.flush(5.0)
         assert log.record_feedback([(batch[0].id, label)]) == ["recorded"]
-        assert rows(path, "SELECT label, typeof(label) FROM feedback") == [(label, "text")]
+        assert rows(path, f"SELECT label, {type_of} FROM feedback") == [(label, "text")]
         assert log.record_feedback([(batch[0].id, label)]) == ["duplicate"]
         assert log.record_feedback([(batch[0].id, classes[1])]) == ["conflict"]  # "7" is not "007"
         assert log.labelled_window(MODEL, VERSION, classes, None, None)[1].tolist() == [0]

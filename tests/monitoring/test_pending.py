@@ -8,18 +8,17 @@ window comes from the real file.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from service.monitoring.ids import new_ids
 from service.monitoring.log import CHUNK, CLOCK_SKEW_S, PredictionLog
-from tests.monitoring.test_log import CLASSES, MODEL, VERSION, K, make_batch, open_log
+from tests.monitoring.test_log import CLASSES, MODEL, VERSION, K, make_batch, open_log, rows
 
 pytestmark = pytest.mark.unit
 
@@ -30,13 +29,12 @@ def uuid7_at(unix_seconds: float) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:32]}"
 
 
-def feedback_rows(path: Path) -> dict[str, str]:
-    with closing(sqlite3.connect(path)) as connection:
-        return {str(i): str(label) for i, label in connection.execute("SELECT prediction_id, label FROM feedback")}
+def feedback_rows(target: Path | str) -> dict[str, str]:
+    return {str(i): str(label) for i, label in rows(target, "SELECT prediction_id, label FROM feedback")}
 
 
 @contextmanager
-def held_back(path: Path) -> Iterator[PredictionLog]:
+def held_back(path: Path | str) -> Iterator[PredictionLog]:
     """Another process's log: its writer waits for more rows before committing, until ``close()``."""
     log = PredictionLog(path, batch_size=100_000, linger=3600.0, prune_interval=3600.0)
     try:
@@ -52,8 +50,8 @@ def test_uuid7_at_writes_ids_like_new_ids() -> None:
     assert made[:13] <= new_ids(1)[0][:13]
 
 
-def test_feedback_before_the_row_commits_is_pending_then_counted_exactly_once(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_feedback_before_the_row_commits_is_pending_then_counted_exactly_once(store_target: Path | str) -> None:
+    path = store_target
     records = make_batch(3, seed=4)
     a, b, c = (r.id for r in records)
     with open_log(path) as here:
@@ -81,8 +79,8 @@ def test_feedback_before_the_row_commits_is_pending_then_counted_exactly_once(tm
     assert feedback_rows(path) == {a: "3", b: "4", c: "1"}
 
 
-def test_ids_that_cannot_be_ours_are_unknown_and_nothing_is_kept(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_ids_that_cannot_be_ours_are_unknown_and_nothing_is_kept(store_target: Path | str) -> None:
+    path = store_target
     now = time.time()
     fresh = new_ids(1)[0]
     recent = uuid7_at(now - 200)  # inside the 300 s window: another process may still hold its row
@@ -116,9 +114,9 @@ def test_an_old_id_that_is_logged_is_recorded_however_old(tmp_path: Path) -> Non
         assert log.record_feedback([(old.id, "1")]) == ["recorded"]
 
 
-def test_pending_labels_outlive_the_start_up_prune_and_expire_after_the_window(tmp_path: Path) -> None:
+def test_pending_labels_outlive_the_start_up_prune_and_expire_after_the_window(store_target: Path | str) -> None:
     """The retention pass keeps a pending label while its prediction may still come, and drops it after."""
-    path = tmp_path / "log.sqlite"
+    path = store_target
     now = time.time()
     logged = make_batch(1, seed=6)
     young, aged = uuid7_at(now - 5), uuid7_at(now - 100)
@@ -143,8 +141,8 @@ def test_pending_labels_outlive_the_start_up_prune_and_expire_after_the_window(t
         assert set(feedback_rows(path)) == {young, logged[0].id}
 
 
-def test_feedback_of_predictions_pruned_by_row_retention_goes_with_them(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_feedback_of_predictions_pruned_by_row_retention_goes_with_them(store_target: Path | str) -> None:
+    path = store_target
     records = make_batch(6, seed=8)
     pending = new_ids(1)[0]  # newer than every logged row: stays while it may still land
     with open_log(path, retention_rows=3, retention_days=None, prune_interval=3600) as log:

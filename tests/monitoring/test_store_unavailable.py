@@ -104,47 +104,73 @@ def test_a_deleted_directory_is_recreated_and_rows_go_to_the_new_file(tmp_path: 
 
 
 @pytest.mark.unit
-def test_an_unavailable_store_drops_and_counts_every_row_says_so_once_and_recovers(tmp_path: Path) -> None:
+def test_an_unavailable_store_keeps_rows_in_the_bounded_queue_drops_past_it_says_so_once_and_recovers(
+    tmp_path: Path,
+) -> None:
     directory = tmp_path / "data"
     path = directory / "log.sqlite"
     heard: list[int] = []
     with (
-        open_log(path, prune_interval=3600, on_dropped=heard.append) as log,
+        open_log(path, queue_size=10, prune_interval=3600, on_dropped=heard.append) as log,
         captured() as records,
     ):
         log.submit(make_batch(2, seed=0))
         assert log.flush(5.0)
         block(directory)
-        lost = [make_batch(n, seed=10 + n) for n in (1, 3, 7, 2)]
-        for batch in lost:  # one batch at a time: each is its own failed commit
-            assert log.submit(batch) == len(batch)  # acknowledged: serving goes on
-            assert log.flush(5.0)
-        n_lost = sum(len(b) for b in lost)
-        assert log.stats().dropped == n_lost
-        assert sum(heard) == n_lost  # what feeds calibserve_log_dropped_rows_total
+        held = make_batch(1, seed=11)
+        assert log.submit(held) == 1  # acknowledged: serving goes on
+        wait_for(lambda: log.store_problem() is not None, "the writer to find the store gone")
+        wait_for(lambda: log.stats().queue_depth == 0, "the writer to hold the refused batch")
+        assert not log.flush(5.0)  # at once: the rows wait for the store, a reader does not wait with them
+        waiting = make_batch(3, seed=12) + make_batch(7, seed=13)
+        assert log.submit(waiting[:3]) == 3 and log.submit(waiting[3:]) == 7
+        started = time.monotonic()
+        assert log.submit(make_batch(2, seed=14)) == 0  # the queue is full: dropped at once, never waited for
+        assert time.monotonic() - started < 1.0
+        assert log.stats().dropped == 2 and sum(heard) == 2  # what feeds calibserve_log_dropped_rows_total
+        assert log.stats().queue_depth == 10
         problem = log.store_problem()
         assert problem is not None and problem.path == str(path)
         assert "exists" in problem.reason.lower() or "directory" in problem.reason.lower(), problem.reason
         errors = records.messages(logging.ERROR)
-        assert len(errors) == 1, errors  # once, not per batch
+        assert len(errors) == 1, errors  # once, not per attempt
         assert str(path) in errors[0] and problem.reason in errors[0]
 
         with pytest.raises(StoreUnavailable) as refused:
-            log.record_feedback([(lost[0][0].id, "1")])
+            log.record_feedback([(held[0].id, "1")])
         assert refused.value.details["retry_after"] == RETRY_AFTER_S
         with pytest.raises(StoreUnavailable):
             log.labelled_window(MODEL, VERSION, CLASSES, None, None)
 
-        directory.unlink()  # the way is free again: the writer makes the directory and a fresh log
+        directory.unlink()  # the way is free again: the writer makes the directory, a fresh log, writes what waited
         wait_for(lambda: log.store_problem() is None, "the writer to reopen the log")
+        assert log.flush(5.0)
+        assert logged_ids(path) == {r.id for r in held + waiting}
         back = make_batch(3, seed=30)
         log.submit(back)
         assert log.flush(5.0)
-        assert logged_ids(path) == {r.id for r in back}
-        assert log.stats().dropped == n_lost
-        assert log.record_feedback([(back[0].id, "4")]) == ["recorded"]
+        assert logged_ids(path) == {r.id for r in held + waiting + back}
+        assert log.stats().dropped == 2
+        assert log.record_feedback([(back[0].id, "4"), (held[0].id, "1")]) == ["recorded", "recorded"]
         assert len(records.messages(logging.ERROR)) == 1
-        assert any("written again" in m and str(n_lost) in m for m in records.messages(logging.WARNING))
+        assert any("written again" in m and "2 row(s)" in m for m in records.messages(logging.WARNING))
+
+
+@pytest.mark.unit
+def test_closing_with_the_store_still_down_counts_what_waited_as_dropped(tmp_path: Path) -> None:
+    directory = tmp_path / "data"
+    heard: list[int] = []
+    log = PredictionLog(directory / "log.sqlite", prune_interval=3600, on_dropped=heard.append)
+    try:
+        block(directory)
+        log.submit(make_batch(4, seed=1))
+        wait_for(lambda: log.store_problem() is not None, "the writer to find the store gone")
+        log.submit(make_batch(5, seed=2))
+    finally:
+        started = time.monotonic()
+        log.close(timeout=10.0)
+    assert time.monotonic() - started < 5.0
+    assert log.stats().dropped == 9 and sum(heard) == 9
 
 
 @pytest.mark.unit
@@ -193,17 +219,18 @@ def test_serving_goes_on_and_every_endpoint_answers_while_the_data_dir_is_gone(c
         acknowledged = [i for _ in range(3) for i in predict_ids(client, ROWS)]  # predictions still answer
         assert len(acknowledged) == 3 * len(ROWS)
 
-        health = calibration(client)  # 200, not 500: it waits for the writer first, so every row is counted
+        wait_for(lambda: "log_store_unavailable" in reasons_by_code(calibration(client)), "the store problem")
+        health = calibration(client)  # 200, not 500
         reason = reasons_by_code(health)["log_store_unavailable"]
         assert reason["status"] == "warning"
         assert str(path) in reason["message"]
         assert health["status"] in ("warning", "critical")
-        assert health["log"]["dropped"] == len(acknowledged)
-        assert reasons_by_code(health)["log_dropped_rows"]["value"] == len(acknowledged)
+        assert health["log"]["dropped"] == 0  # the rows wait in the queue for the store: nothing is lost yet
+        assert "log_dropped_rows" not in reasons_by_code(health)
 
         after = scrape(client)  # renders although the live window cannot be read
         dropped = total(after, "calibserve_log_dropped_rows_total") - total(before, "calibserve_log_dropped_rows_total")
-        assert dropped == len(acknowledged)
+        assert dropped == 0
 
         refused = feedback(client, acknowledged[0])
         error = error_of(refused, 503)
@@ -220,7 +247,8 @@ def test_serving_goes_on_and_every_endpoint_answers_while_the_data_dir_is_gone(c
     )
     again = predict_ids(client, ROWS)
     assert feedback(client, again[0]).json()["counts"] == {"recorded": 1}
-    assert sqlite_count(path, "predictions") == len(again)
+    assert feedback(client, acknowledged[0]).json()["counts"] == {"recorded": 1}  # what waited was written
+    assert sqlite_count(path, "predictions") == len(acknowledged) + len(again)
 
 
 @pytest.mark.api

@@ -1,0 +1,140 @@
+"""What every prediction store offers the buffered writer and the readers, whatever database holds it.
+
+A store knows SQL and connections, nothing of queues, threads or metrics: ``monitoring/log.py`` wraps one
+in the bounded queue and the writer thread. Two backends: SQLite (``sqlite.py``, an embedded file, the
+default for one server) and PostgreSQL (``postgres.py``, shared by every replica of a deployment).
+
+A store reports a failure of the database itself (gone, unreachable, locked, full, read-only, corrupt) as
+``StoreFailure`` with a reason a person can read; anything else it raises is a bug and stays loud.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+FeedbackStatus = Literal["recorded", "pending", "duplicate", "conflict", "unknown_id"]
+
+# How a store's ``record_feedback`` asks the log which status each item gets, given the labels already stored
+# for these ids and the ids that are logged: statuses in item order, and the (id, label, ts) rows to insert.
+FeedbackRows = list[tuple[str, str, float]]
+Classifier = Callable[[dict[str, str], set[str]], tuple[list[FeedbackStatus], FeedbackRows]]
+
+
+class PredictionRecord(NamedTuple):
+    """One logged prediction; probabilities as float32 bytes, and the input if logged: one instance's values,
+    row-major, little-endian, as float32 for a float input (as always) and in its own dtype for an integer
+    input (the card names the dtype and the shape).
+
+    A tuple, in the table's column order, so that ``executemany`` takes the rows as they are."""
+
+    id: str
+    model: str
+    ts: float
+    model_version: str
+    served: bool  # False: a shadow model's score of a request another model answered
+    class_index: int
+    confidence: float
+    probabilities: bytes
+    features: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class PairedWindow:
+    """Probabilities [n, K] of the same requests under two models, and the labelled subset [m, K] with labels."""
+
+    champion: NDArray[np.float64]
+    challenger: NDArray[np.float64]
+    labelled_champion: NDArray[np.float64]
+    labelled_challenger: NDArray[np.float64]
+    labels: NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What the prune pass keeps: predictions younger than ``days`` and at most ``rows`` of them (None: no
+    limit), and pending feedback for ids made after ``pending_floor`` (an id text: see ``ids.id_floor``)."""
+
+    days: float | None
+    rows: int | None
+    pending_floor: str
+
+
+class StoreFailure(Exception):
+    """The database cannot be read or written now; ``reason`` says why in the database's own words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def describe(error: BaseException) -> str:
+    return str(error).strip() or type(error).__name__
+
+
+class Store(ABC):
+    """A prediction log's database. Every method may be called from any thread; ``write``, ``check`` and
+    ``prune`` come from the writer thread only."""
+
+    #: where the data lives, for messages and health reasons (a path, or a URL without its password)
+    location: str
+
+    @abstractmethod
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        """Commit the rows in one transaction (a row already stored is kept as it is); ``StoreFailure`` when
+        the database cannot take them now, and then nothing of them is committed."""
+
+    @abstractmethod
+    def check(self, *, prove: bool) -> None:
+        """Between batches: notice a store that went away without waiting for traffic; with ``prove``, show
+        that it can be written again (``StoreFailure`` if not)."""
+
+    @abstractmethod
+    def prune(self, retention: Retention, now: float) -> None:
+        """Retention: old and surplus predictions go, with their feedback, and so does pending feedback whose
+        prediction never came."""
+
+    @abstractmethod
+    def record_feedback(self, ids: Sequence[str], classify: Classifier) -> list[FeedbackStatus]:
+        """In one transaction, serialised against every other writer of feedback: read the labels stored for
+        ``ids`` and which of them are logged, let ``classify`` decide, insert the rows it returns."""
+
+    @abstractmethod
+    def labelled_window(
+        self, model: str, model_version: str, classes: Sequence[str], limit: int | None, since: float | None
+    ) -> list[tuple[bytes, str]]:
+        """(probabilities, label) of the most recently labelled predictions of this model version, newest
+        label first, labels among ``classes`` only (filtered before the limit)."""
+
+    @abstractmethod
+    def recent_predictions(self, model: str, model_version: str, limit: int | None, since: float | None) -> list[bytes]:
+        """Probabilities of this model version's newest predictions, newest first."""
+
+    @abstractmethod
+    def paired_rows(
+        self, champion: tuple[str, str], challenger: tuple[str, str], classes: Sequence[str], limit: int | None
+    ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes, str]]]:
+        """The latest requests the champion answered and the challenger shadow-scored, newest first, and of
+        those the latest labelled ones (by label time) with their labels."""
+
+    @abstractmethod
+    def count(self) -> tuple[int, int]:
+        """Predictions and feedback rows stored."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Let go of every connection."""
+
+
+def stack_probabilities(blobs: Sequence[bytes], n_classes: int) -> NDArray[np.float64]:
+    """float32 rows as stored, as float64 renormalised (float32 rounding leaves sums a few ulps off 1)."""
+    if not blobs:
+        return np.empty((0, n_classes), dtype=np.float64)
+    joined = b"".join(bytes(blob) for blob in blobs)
+    probs = np.frombuffer(joined, dtype=np.float32).reshape(len(blobs), n_classes).astype(np.float64)
+    return np.asarray(probs / probs.sum(axis=1, keepdims=True), dtype=np.float64)

@@ -1,0 +1,391 @@
+"""The shared store: PostgreSQL (psycopg 3), one database for every replica of a deployment.
+
+Replicas stay stateless: predictions, feedback and so the live window live here, so feedback reaches a
+prediction whichever replica made it, and every replica reports the same window.
+
+- **Writes**: the writer thread's own connection, one ``INSERT ... SELECT FROM unnest(arrays)`` per batch
+  (one statement and one round trip for hundreds of rows; ``ON CONFLICT DO NOTHING``, so a batch retried
+  after a lost acknowledgement is harmless). Nothing on the request path talks to the database.
+- **Reads and feedback**: a small ``psycopg_pool`` pool, with a short timeout so a request never hangs on a
+  database that is down (it gets ``StoreFailure``, a 503 upstream).
+- **Schema**: versioned in ``calibserve_schema`` and created in one transaction under a transaction-level
+  advisory lock, so replicas starting at once create it exactly once. A database that is down at start-up
+  is not an error: the schema is made on the first connection that works.
+- **Retention that scales**: ``predictions`` and ``feedback`` are partitioned by range of id, one partition
+  per UTC day (UUIDv7 ids sort by time, so a day is an id range, and a feedback lookup by id reaches one
+  partition). Age retention drops whole partitions (a day's rows go in one cheap ``DROP TABLE``, no row
+  deletes, no vacuum debt); rows keep up to a day longer than ``retention_days`` for it. Partitions are made
+  two days ahead; an id outside them (a skewed clock, an old id) lands in the default partition, which is
+  pruned by row time. The row limit deletes the oldest rows beyond it, as on SQLite (each pass deletes only
+  what came in since the last). Maintenance runs under an advisory lock: one replica at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from service.monitoring.ids import id_floor
+from service.monitoring.store.base import (
+    Classifier,
+    FeedbackStatus,
+    PredictionRecord,
+    Retention,
+    Store,
+    StoreFailure,
+    describe,
+)
+
+logger = logging.getLogger("calibserve.log")
+
+SCHEMA_VERSION = 1
+# Advisory lock keys (any bigint; these spell "calibsrv" and differ in the last byte).
+MIGRATION_LOCK = 0x63616C6962737201
+MAINTENANCE_LOCK = 0x63616C6962737202
+FEEDBACK_LOCK = 0x63616C6962737203
+CONNECT_TIMEOUT_S = 3
+POOL_TIMEOUT_S = 3.0
+SCHEMA_RETRY_S = 1.0
+DAYS_AHEAD = 2
+PARTITIONED = ("predictions", "feedback")
+
+SCHEMA = """
+CREATE TABLE calibserve_schema (version integer NOT NULL, created double precision NOT NULL);
+CREATE TABLE predictions (
+    id text NOT NULL,
+    model text NOT NULL,
+    ts double precision NOT NULL,
+    model_version text NOT NULL,
+    served boolean NOT NULL,
+    class_index integer NOT NULL,
+    confidence double precision NOT NULL,
+    probabilities bytea NOT NULL,
+    features bytea,
+    PRIMARY KEY (id, model)
+) PARTITION BY RANGE (id);
+CREATE TABLE predictions_default PARTITION OF predictions DEFAULT;
+-- The label-free window: a model version's newest predictions, read backwards along this index.
+CREATE INDEX predictions_model_version_id ON predictions (model, model_version, id);
+CREATE TABLE feedback (
+    prediction_id text PRIMARY KEY,
+    label text NOT NULL,
+    ts double precision NOT NULL
+) PARTITION BY RANGE (prediction_id);
+CREATE TABLE feedback_default PARTITION OF feedback DEFAULT;
+CREATE INDEX feedback_ts ON feedback (ts);
+"""
+
+INSERT = (
+    "INSERT INTO predictions (id, model, ts, model_version, served, class_index, confidence, probabilities, "
+    "features) SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[], %s::bool[], %s::int4[], "
+    "%s::float8[], %s::bytea[], %s::bytea[]) ON CONFLICT DO NOTHING"
+)
+
+# Failures of the database or the way to it; anything else from psycopg (a syntax error, a constraint) is ours.
+FAILURES = (psycopg.OperationalError, psycopg.errors.InsufficientResources, PoolTimeout, OSError)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages, logs and health reasons."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def day_partitions(now: float, days_ahead: int = DAYS_AHEAD) -> list[tuple[str, str, str]]:
+    """(suffix, lower id, upper id) of the UTC days from today to ``days_ahead`` days on."""
+    today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = [today + timedelta(days=offset) for offset in range(days_ahead + 1)]
+    return [
+        (day.strftime("p%Y%m%d"), id_floor(day.timestamp()), id_floor((day + timedelta(days=1)).timestamp()))
+        for day in days
+    ]
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.location = redact(url)
+        self._writer: psycopg.Connection[Any] | None = None
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._schema_tried_at = -SCHEMA_RETRY_S
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=4,
+            open=False,
+            timeout=POOL_TIMEOUT_S,
+            reconnect_timeout=30.0,
+            check=ConnectionPool.check_connection,
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "calibserve"},
+            name="calibserve-store",
+        )
+        self._pool.open(wait=False)
+        try:
+            self._ensure_schema()
+        except StoreFailure as exc:  # serving goes on: the writer keeps trying and health names the problem
+            logger.error("prediction store %s cannot be reached at start-up: %s", self.location, exc.reason)
+
+    # -- connections and schema -----------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self._url, connect_timeout=CONNECT_TIMEOUT_S, application_name="calibserve")
+        except FAILURES as exc:
+            raise StoreFailure(describe(exc)) from exc
+
+    def _ensure_schema(self) -> None:
+        """The schema in place, made by whichever replica gets the lock first; at most one try a second."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            if time.monotonic() - self._schema_tried_at < SCHEMA_RETRY_S:
+                raise StoreFailure(f"{self.location} could not be reached a moment ago")
+            self._schema_tried_at = time.monotonic()
+            with self._failures(), self._connect() as connection, connection.transaction():
+                migrate(connection)
+                maintain_partitions(connection, time.time())
+            self._schema_ready = True
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        try:
+            yield
+        except FAILURES as exc:
+            raise StoreFailure(describe(exc)) from exc
+
+    @contextmanager
+    def _pooled(self) -> Iterator[psycopg.Connection[Any]]:
+        self._ensure_schema()
+        with self._failures(), self._pool.connection() as connection:
+            yield connection
+
+    def _writable(self) -> psycopg.Connection[Any]:
+        self._ensure_schema()
+        if self._writer is None or self._writer.closed:
+            self._writer = self._connect()
+        return self._writer
+
+    def _lose_writer(self) -> None:
+        if self._writer is not None:
+            with suppress(Exception):
+                self._writer.close()
+            self._writer = None
+
+    # -- the writer's side ----------------------------------------------------------------------------
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        if not records:
+            return
+        connection = self._writable()
+        columns = [list(column) for column in zip(*records, strict=True)]
+        try:
+            with connection.transaction():
+                connection.execute(INSERT, columns)
+        except FAILURES as exc:
+            self._lose_writer()
+            raise StoreFailure(describe(exc)) from exc
+
+    def check(self, *, prove: bool) -> None:
+        if not prove:
+            return
+        connection = self._writable()
+        try:
+            connection.execute("SELECT 1").fetchone()
+            connection.rollback()
+        except FAILURES as exc:
+            self._lose_writer()
+            raise StoreFailure(describe(exc)) from exc
+
+    def prune(self, retention: Retention, now: float) -> None:
+        connection = self._writable()
+        try:
+            with connection.transaction():
+                locked = connection.execute("SELECT pg_try_advisory_xact_lock(%s)", (MAINTENANCE_LOCK,)).fetchone()
+                if not (locked and locked[0]):
+                    return  # another replica is at it
+                maintain_partitions(connection, now)
+                prune(connection, retention, now)
+        except FAILURES as exc:
+            self._lose_writer()
+            raise StoreFailure(describe(exc)) from exc
+
+    def close(self) -> None:
+        self._lose_writer()
+        with suppress(Exception):
+            self._pool.close(timeout=2.0)
+
+    # -- feedback and reads ---------------------------------------------------------------------------
+    def record_feedback(self, ids: Sequence[str], classify: Classifier) -> list[FeedbackStatus]:
+        """One transaction under a transaction-level advisory lock: feedback from every replica is applied one
+        request at a time, so two replicas labelling one id at once give one ``recorded`` and one
+        ``duplicate`` (or ``conflict``), as on SQLite. One query for the labels, one for the logged ids."""
+        with self._pooled() as connection, connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (FEEDBACK_LOCK,))
+            ids = list(ids)
+            found = connection.execute(
+                "SELECT prediction_id, label FROM feedback WHERE prediction_id = ANY(%s)", (ids,)
+            ).fetchall()
+            labels = {str(prediction_id): str(label) for prediction_id, label in found}
+            unlabelled = [prediction_id for prediction_id in ids if prediction_id not in labels]
+            logged = {
+                str(row[0])
+                for row in connection.execute(
+                    "SELECT DISTINCT id FROM predictions WHERE id = ANY(%s)", (unlabelled,)
+                ).fetchall()
+            }
+            statuses, rows = classify(labels, logged)
+            if rows:
+                columns = [list(column) for column in zip(*rows, strict=True)]
+                connection.execute(
+                    "INSERT INTO feedback (prediction_id, label, ts) "
+                    "SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[])",
+                    columns,
+                )
+        return statuses
+
+    def labelled_window(
+        self, model: str, model_version: str, classes: Sequence[str], limit: int | None, since: float | None
+    ) -> list[tuple[bytes, str]]:
+        query = (
+            "SELECT p.probabilities, f.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
+            "AND p.model = %s WHERE p.model_version = %s AND f.ts >= %s AND f.label = ANY(%s) "
+            "ORDER BY f.ts DESC LIMIT %s"
+        )
+        rows = self._read(query, (model, model_version, since or 0.0, list(classes), limit))
+        return [(bytes(blob), str(label)) for blob, label in rows]
+
+    def recent_predictions(self, model: str, model_version: str, limit: int | None, since: float | None) -> list[bytes]:
+        query = (
+            "SELECT probabilities FROM predictions WHERE model = %s AND model_version = %s AND ts >= %s "
+            "ORDER BY id DESC LIMIT %s"
+        )
+        return [bytes(row[0]) for row in self._read(query, (model, model_version, since or 0.0, limit))]
+
+    def paired_rows(
+        self, champion: tuple[str, str], challenger: tuple[str, str], classes: Sequence[str], limit: int | None
+    ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes, str]]]:
+        joined = "FROM predictions c JOIN predictions s ON s.id = c.id AND s.model = %s"
+        where = "WHERE c.model = %s AND c.model_version = %s AND c.served AND s.model_version = %s AND NOT s.served"
+        keys = (challenger[0], champion[0], champion[1], challenger[1])
+        recent = self._read(
+            f"SELECT c.probabilities, s.probabilities {joined} {where} ORDER BY c.id DESC LIMIT %s", (*keys, limit)
+        )
+        labelled = self._read(
+            f"SELECT c.probabilities, s.probabilities, f.label {joined} JOIN feedback f ON f.prediction_id = c.id "
+            f"{where} AND f.label = ANY(%s) ORDER BY f.ts DESC LIMIT %s",
+            (*keys, list(classes), limit),
+        )
+        return (
+            [(bytes(a), bytes(b)) for a, b in recent],
+            [(bytes(a), bytes(b), str(label)) for a, b, label in labelled],
+        )
+
+    def count(self) -> tuple[int, int]:
+        rows = self._read("SELECT (SELECT count(*) FROM predictions), (SELECT count(*) FROM feedback)", ())
+        predictions, feedback = rows[0]
+        return int(predictions), int(feedback)
+
+    def _read(self, query: str, parameters: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        with self._pooled() as connection:
+            return list(connection.execute(query, parameters).fetchall())
+
+
+def migrate(connection: psycopg.Connection[Any]) -> None:
+    """Create the schema, or check the one found, inside the caller's transaction: the advisory lock is
+    held until it commits, so a replica that starts meanwhile waits and then finds the schema made."""
+    connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    exists = connection.execute("SELECT to_regclass('calibserve_schema') IS NOT NULL").fetchone()
+    if not (exists and exists[0]):
+        connection.execute(SCHEMA)
+        connection.execute("INSERT INTO calibserve_schema VALUES (%s, %s)", (SCHEMA_VERSION, time.time()))
+        logger.info("prediction store: created schema version %d", SCHEMA_VERSION)
+        return
+    found = connection.execute("SELECT max(version) FROM calibserve_schema").fetchone()
+    version = found[0] if found else None
+    if version != SCHEMA_VERSION:
+        # No older PostgreSQL layout exists yet; a newer one is not ours to touch.
+        raise psycopg.errors.FeatureNotSupported(
+            f"the database holds calibserve store schema version {version}; this calibserve reads {SCHEMA_VERSION}"
+        )
+
+
+def maintain_partitions(connection: psycopg.Connection[Any], now: float) -> None:
+    """Today's partitions and the next ``DAYS_AHEAD`` days', for both tables (made once, by whoever comes first)."""
+    for suffix, lower, upper in day_partitions(now):
+        for table in PARTITIONED:
+            name = sql.Identifier(f"{table}_{suffix}")
+            exists = connection.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{table}_{suffix}",)).fetchone()
+            if exists and exists[0]:
+                continue
+            try:
+                with connection.transaction():  # a savepoint: a refused partition must not undo the others
+                    connection.execute(
+                        sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                            name, sql.Identifier(table), sql.Literal(lower), sql.Literal(upper)
+                        )
+                    )
+            except psycopg.errors.CheckViolation:
+                # The default partition already holds rows of that day (a clock far ahead): they stay there.
+                logger.warning("prediction store: partition %s_%s overlaps rows in the default one", table, suffix)
+
+
+def prune(connection: psycopg.Connection[Any], retention: Retention, now: float) -> None:
+    """Age: drop whole day partitions that end before the cutoff, and old rows of the default partitions.
+    Count: delete the oldest rows beyond the limit, with their feedback. Pending feedback whose prediction
+    never came goes after its window."""
+    if retention.days is not None:
+        cutoff = now - retention.days * 86400
+        floor = id_floor(cutoff)
+        for table in PARTITIONED:
+            for name, upper in partitions_of(connection, table):
+                if upper is not None and upper <= floor:
+                    connection.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+                    logger.info("prediction store: dropped partition %s (older than the retention)", name)
+        connection.execute("DELETE FROM predictions_default WHERE ts < %s", (cutoff,))
+        connection.execute("DELETE FROM feedback_default WHERE prediction_id < %s", (floor,))
+    if retention.rows is not None:
+        row = connection.execute(
+            "SELECT id FROM predictions ORDER BY id DESC LIMIT 1 OFFSET %s", (retention.rows,)
+        ).fetchone()
+        if row is not None:  # the newest id beyond the limit: it and every older one go
+            connection.execute("DELETE FROM predictions WHERE id <= %s", (row[0],))
+            connection.execute("DELETE FROM feedback WHERE prediction_id <= %s", (row[0],))
+    connection.execute(
+        "DELETE FROM feedback f WHERE f.prediction_id < %s "
+        "AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.id = f.prediction_id)",
+        (retention.pending_floor,),
+    )
+
+
+def partitions_of(connection: psycopg.Connection[Any], table: str) -> list[tuple[str, str | None]]:
+    """(name, upper id bound) of the table's range partitions (None for the default), oldest first."""
+    rows = connection.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(%s) ORDER BY c.relname",
+        (table,),
+    ).fetchall()
+    found: list[tuple[str, str | None]] = []
+    for name, bound in rows:
+        text = str(bound)
+        if text == "DEFAULT":
+            found.append((str(name), None))
+            continue
+        # FOR VALUES FROM ('<lower>') TO ('<upper>')
+        upper = text.rsplit("TO ('", 1)[-1].rstrip("')")
+        found.append((str(name), upper))
+    return found
