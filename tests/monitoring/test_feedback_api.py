@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.api.schemas import DIGIT_ONE, DIGIT_ZERO
 from service.card import CalibrationCard
 from service.monitoring.monitor import LOG_FILE
+from service.settings import Settings
 from service.training.data import load_dataset, stratified_split
 from tests.api.conftest import Client, error_of, serve, settings_for
 from tests.conftest import DEFAULT_MODEL_DIR
+from tests.monitoring.test_log import rows, write_lock
 
 pytestmark = pytest.mark.api
 
@@ -102,6 +104,22 @@ def sqlite_rows(data_dir: Path, query: str) -> list[tuple[Any, ...]]:
         return list(connection.execute(query).fetchall())
 
 
+def on_store(target: Path | str, **overrides: Any) -> Settings:
+    """Settings whose prediction log is ``target`` (the ``store_target`` fixture: SQLite or PostgreSQL)."""
+    if isinstance(target, str):
+        return settings_for(database_url=target, **overrides)
+    return settings_for(data_dir=target.parent, **overrides)
+
+
+def log_target(target: Path | str) -> Path | str:
+    return target if isinstance(target, str) else target.parent / LOG_FILE
+
+
+def stored_rows(target: Path | str, query: str) -> list[tuple[Any, ...]]:
+    """Rows read from the log's own database, whichever backend it is."""
+    return rows(target if isinstance(target, str) else target.parent / LOG_FILE, query)
+
+
 def is_uuid7(text: str) -> bool:
     parsed = uuid.UUID(text)
     return str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
@@ -133,15 +151,15 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    with serve(settings_for(data_dir=tmp_path)) as served:
+def client(store_target: Path | str) -> Iterator[Client]:
+    with serve(on_store(store_target)) as served:
         yield served
 
 
 # -- prediction ids and feedback ----------------------------------------------------------------------------
 
 
-def test_every_prediction_has_a_distinct_uuid7_id_that_is_logged(client: Client, tmp_path: Path) -> None:
+def test_every_prediction_has_a_distinct_uuid7_id_that_is_logged(client: Client, store_target: Path | str) -> None:
     body = client.predict({"instances": [DIGIT_ZERO, DIGIT_ONE, DIGIT_ZERO]}).json()
     ids = [p["prediction_id"] for p in body["predictions"]]
     assert len(set(ids)) == 3 and all(is_uuid7(i) for i in ids)
@@ -151,8 +169,8 @@ def test_every_prediction_has_a_distinct_uuid7_id_that_is_logged(client: Client,
     assert client.post("/v1/feedback", json={"feedback": [{"prediction_id": ids[0], "label": "0"}]}).json()[
         "counts"
     ] == {"recorded": 1}  # flushes the log: everything below is committed
-    logged = sqlite_rows(
-        tmp_path, "SELECT id, model, model_version, served, class_index, confidence FROM predictions ORDER BY id"
+    logged = stored_rows(
+        store_target, "SELECT id, model, model_version, served, class_index, confidence FROM predictions ORDER BY id"
     )
     assert [r[0] for r in logged] == ids + more
     assert {(r[1], r[3]) for r in logged} == {(served_name(client), 1)}  # one model, every row its answer
@@ -162,7 +180,7 @@ def test_every_prediction_has_a_distinct_uuid7_id_that_is_logged(client: Client,
         assert confidence == pytest.approx(prediction["confidence"], abs=1e-9)
 
 
-def test_feedback_recorded_duplicate_conflict_unknown(client: Client, tmp_path: Path) -> None:
+def test_feedback_recorded_duplicate_conflict_unknown(client: Client, store_target: Path | str) -> None:
     ids = predict_ids(client, np.asarray([DIGIT_ZERO, DIGIT_ONE], dtype=np.float64))
     items = [{"prediction_id": ids[0], "label": "0"}, {"prediction_id": ids[1], "label": "1"}]
     first = client.post("/v1/feedback", json={"feedback": items})
@@ -180,18 +198,20 @@ def test_feedback_recorded_duplicate_conflict_unknown(client: Client, tmp_path: 
     unknown = client.post("/v1/feedback", json={"feedback": [{"prediction_id": stranger, "label": "3"}]}).json()
     assert unknown == {"results": [{"prediction_id": stranger, "status": "unknown_id"}], "counts": {"unknown_id": 1}}
     # the first label stands, stored as the class name; nothing was written for the unknown id
-    assert sorted(sqlite_rows(tmp_path, "SELECT prediction_id, label FROM feedback")) == sorted(
+    assert sorted(stored_rows(store_target, "SELECT prediction_id, label FROM feedback")) == sorted(
         [(ids[0], "0"), (ids[1], "1")]
     )
 
 
-def test_feedback_with_an_unknown_label_is_422_naming_it_and_records_nothing(client: Client, tmp_path: Path) -> None:
+def test_feedback_with_an_unknown_label_is_422_naming_it_and_records_nothing(
+    client: Client, store_target: Path | str
+) -> None:
     ids = predict_ids(client, np.asarray([DIGIT_ZERO, DIGIT_ONE], dtype=np.float64))
     items = [{"prediction_id": ids[0], "label": "0"}, {"prediction_id": ids[1], "label": "eleven"}]
     error = error_of(client.post("/v1/feedback", json={"feedback": items}), 422)
     assert "eleven" in error["message"]
     assert error["details"]["unknown"] == ["eleven"]
-    assert sqlite_rows(tmp_path, "SELECT COUNT(*) FROM feedback") == [(0,)]
+    assert stored_rows(store_target, "SELECT COUNT(*) FROM feedback") == [(0,)]
     # the valid item of the rejected request was not recorded either
     retry = client.post("/v1/feedback", json={"feedback": items[:1]}).json()
     assert retry["counts"] == {"recorded": 1}
@@ -203,18 +223,18 @@ def test_feedback_needs_at_least_one_item(client: Client) -> None:
     error_of(client.post("/v1/feedback", json={}), 422)
 
 
-def test_more_feedback_items_than_the_limit_is_413(tmp_path: Path) -> None:
-    with serve(settings_for(data_dir=tmp_path, max_feedback_items=3)) as client:
+def test_more_feedback_items_than_the_limit_is_413(store_target: Path | str) -> None:
+    with serve(on_store(store_target, max_feedback_items=3)) as client:
         ids = predict_ids(client, np.asarray([DIGIT_ZERO] * 4, dtype=np.float64))
         items = [{"prediction_id": i, "label": "0"} for i in ids]
         error = error_of(client.post("/v1/feedback", json={"feedback": items}), 413)
         assert error["details"]["limit"] == 3
-        assert sqlite_rows(tmp_path, "SELECT COUNT(*) FROM feedback") == [(0,)]
+        assert stored_rows(store_target, "SELECT COUNT(*) FROM feedback") == [(0,)]
         assert client.post("/v1/feedback", json={"feedback": items[:3]}).json()["counts"] == {"recorded": 3}
 
 
-def test_feedback_needs_the_api_key_when_one_is_set(tmp_path: Path) -> None:
-    with serve(settings_for(data_dir=tmp_path, api_key="s3cret-key")) as client:
+def test_feedback_needs_the_api_key_when_one_is_set(store_target: Path | str) -> None:
+    with serve(on_store(store_target, api_key="s3cret-key")) as client:
         # predictions stay open
         ids = predict_ids(client, np.asarray([DIGIT_ZERO], dtype=np.float64))
         body = {"feedback": [{"prediction_id": ids[0], "label": "0"}]}
@@ -224,7 +244,7 @@ def test_feedback_needs_the_api_key_when_one_is_set(tmp_path: Path) -> None:
             assert error["type"] == "unauthorized"
             assert response.headers["www-authenticate"] == "Bearer"
             assert "s3cret-key" not in response.text
-        assert sqlite_rows(tmp_path, "SELECT COUNT(*) FROM feedback") == [(0,)]
+        assert stored_rows(store_target, "SELECT COUNT(*) FROM feedback") == [(0,)]
         ok = client.post("/v1/feedback", json=body, headers={"Authorization": "Bearer s3cret-key"})
         assert ok.status_code == 200, ok.text
         assert ok.json()["counts"] == {"recorded": 1}
@@ -247,17 +267,17 @@ def test_without_an_api_key_feedback_is_open(client: Client) -> None:
 # -- what is logged -----------------------------------------------------------------------------------------
 
 
-def test_inputs_are_not_logged_by_default(client: Client, tmp_path: Path) -> None:
+def test_inputs_are_not_logged_by_default(client: Client, store_target: Path | str) -> None:
     predict_ids(client, np.asarray([DIGIT_ZERO, DIGIT_ONE], dtype=np.float64))
     client.post("/v1/feedback", json={"feedback": [{"prediction_id": str(uuid.uuid4()), "label": "0"}]})  # flush
-    assert sqlite_rows(tmp_path, "SELECT COUNT(*), COUNT(features) FROM predictions") == [(2, 0)]
+    assert stored_rows(store_target, "SELECT COUNT(*), COUNT(features) FROM predictions") == [(2, 0)]
 
 
-def test_log_inputs_stores_the_features(tmp_path: Path) -> None:
+def test_log_inputs_stores_the_features(store_target: Path | str) -> None:
     rows = np.asarray([DIGIT_ZERO, DIGIT_ONE, [16.0] * 64], dtype=np.float64)
-    with serve(settings_for(data_dir=tmp_path, log_inputs=True)) as client:
+    with serve(on_store(store_target, log_inputs=True)) as client:
         ids = predict_ids(client, rows)
-    stored = dict(sqlite_rows(tmp_path, "SELECT id, features FROM predictions"))
+    stored = dict(stored_rows(store_target, "SELECT id, features FROM predictions"))
     assert set(stored) == set(ids)
     for prediction_id, row in zip(ids, rows, strict=True):
         np.testing.assert_array_equal(np.frombuffer(stored[prediction_id], dtype=np.float32), row.astype(np.float32))
@@ -275,14 +295,13 @@ def test_with_logging_off_nothing_is_written_and_feedback_finds_nothing(tmp_path
     assert not (tmp_path / LOG_FILE).exists()
 
 
-def test_dropped_rows_are_counted_in_health_and_metrics_never_silent(tmp_path: Path) -> None:
+def test_dropped_rows_are_counted_in_health_and_metrics_never_silent(store_target: Path | str) -> None:
     """A tiny queue with on_full=drop while the writer is held up: predictions still answer, and every row is
     either in the file or counted as dropped (in /health/calibration and in /metrics)."""
     rows, _ = digits_test_split()
-    with serve(settings_for(data_dir=tmp_path, log_queue_size=2, log_queue_full="drop")) as client:
+    with serve(on_store(store_target, log_queue_size=2, log_queue_full="drop")) as client:
         before = scrape(client)
-        with closing(sqlite3.connect(tmp_path / LOG_FILE, isolation_level=None, timeout=10.0)) as lock:
-            lock.execute("BEGIN EXCLUSIVE")
+        with write_lock(log_target(store_target)) as lock:
             acknowledged = predict_ids(client, rows[:200], batch=50)
             health = calibration(client)
             dropped = health["log"]["dropped"]
@@ -297,30 +316,30 @@ def test_dropped_rows_are_counted_in_health_and_metrics_never_silent(tmp_path: P
             )
             lock.execute("ROLLBACK")
         client.post("/v1/feedback", json={"feedback": [{"prediction_id": str(uuid.uuid4()), "label": "0"}]})  # flush
-        logged = {r[0] for r in sqlite_rows(tmp_path, "SELECT id FROM predictions")}
+        logged = {r[0] for r in stored_rows(store_target, "SELECT id FROM predictions")}
         assert logged <= set(acknowledged)
         assert len(logged) + dropped == len(acknowledged) == 200
 
 
-def test_shutdown_commits_every_acknowledged_prediction(tmp_path: Path) -> None:
+def test_shutdown_commits_every_acknowledged_prediction(store_target: Path | str) -> None:
     """The writer is held up (another connection holds the write lock) while the last predictions are answered,
-    so at shutdown they are only queued; leaving serve() must still leave every one of them in the file."""
+    so at shutdown they are only queued; leaving serve() must still leave every one of them in the store."""
     rows, _ = digits_test_split()
-    with serve(settings_for(data_dir=tmp_path)) as client:
-        acknowledged = predict_ids(client, rows, batch=48)
-        client.post("/v1/feedback", json={"feedback": [{"prediction_id": acknowledged[0], "label": "0"}]})  # flush
-        lock = sqlite3.connect(tmp_path / LOG_FILE, isolation_level=None, check_same_thread=False)
-        lock.execute("BEGIN EXCLUSIVE")
-        queued = predict_ids(client, np.concatenate([rows] * 3), batch=48)
-        assert sqlite_rows(tmp_path, "SELECT COUNT(*) FROM predictions") == [(360,)]  # the rest is queued
-        release = threading.Timer(0.5, lambda: lock.execute("ROLLBACK"))
-        release.start()
-    # leaving serve() ran the lifespan's shutdown: it waited for the writer to drain its queue
-    logged = [r[0] for r in sqlite_rows(tmp_path, "SELECT id FROM predictions ORDER BY id")]
-    release.join()
-    lock.close()
+    with ExitStack() as held:
+        with serve(on_store(store_target)) as client:
+            acknowledged = predict_ids(client, rows, batch=48)
+            client.post("/v1/feedback", json={"feedback": [{"prediction_id": acknowledged[0], "label": "0"}]})
+            lock = held.enter_context(write_lock(log_target(store_target)))
+            queued = predict_ids(client, np.concatenate([rows] * 3), batch=48)
+            assert stored_rows(store_target, "SELECT COUNT(*) FROM predictions") == [(360,)]  # the rest is queued
+            release = threading.Timer(0.5, lambda: lock.execute("ROLLBACK"))
+            release.start()
+            held.callback(release.join)
+        # leaving serve() ran the lifespan's shutdown: it waited for the writer to drain its queue
+        logged = [r[0] for r in stored_rows(store_target, "SELECT id FROM predictions ORDER BY id")]
     assert logged == sorted(acknowledged + queued)
-    assert sqlite_rows(tmp_path, "PRAGMA integrity_check") == [("ok",)]
+    if isinstance(store_target, Path):
+        assert stored_rows(store_target, "PRAGMA integrity_check") == [("ok",)]
 
 
 # -- /health/calibration ------------------------------------------------------------------------------------
