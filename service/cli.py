@@ -70,7 +70,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             dest=name,
             default=None,
             metavar=name.upper(),
-            help=f"{field.description} [env {ENV_PREFIX}{name.upper()}; default {default}]",
+            # argparse %-formats help text: a literal % (target_accuracy's "95% confidence") must be doubled
+            help=f"{field.description} [env {ENV_PREFIX}{name.upper()}; default {default}]".replace("%", "%%"),
         )
     serve.set_defaults(handler=_run_serve)
 

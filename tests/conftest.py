@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-from contextlib import suppress
 import sys
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType

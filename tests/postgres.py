@@ -9,7 +9,6 @@ away mid-traffic and bring it back on the same port.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import socket
@@ -24,10 +23,10 @@ SKIP_REASON = "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get in
 
 def find_bindir() -> Path | None:
     """The newest installed PostgreSQL's bin directory (Debian: /usr/lib/postgresql/<major>/bin), or PATH's."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name))
-    for directory in reversed(candidates):
-        if (Path(directory) / "pg_ctl").exists():
-            return Path(directory)
+    versions = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
+    for directory in sorted(versions, key=lambda p: int(p.parent.name), reverse=True):
+        if (directory / "pg_ctl").exists():
+            return directory
     found = shutil.which("pg_ctl")
     return Path(found).resolve().parent if found else None
 

@@ -69,3 +69,10 @@ def test_service_side_modules_do_not_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_serve_help_lists_every_setting_including_ones_with_a_percent_sign() -> None:
+    """argparse %-formats help text: target_accuracy's "95% confidence" once broke `serve --help`."""
+    result = calibserve("serve", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--database-url" in result.stdout and "95% confidence" in " ".join(result.stdout.split())

@@ -120,7 +120,7 @@ class PostgresStore(Store):
         self._url = url
         self.location = redact(url)
         self._writer: psycopg.Connection[Any] | None = None
-        self._schema_ready = False
+        self._schema_ready = threading.Event()
         self._schema_lock = threading.Lock()
         self._schema_tried_at = -SCHEMA_RETRY_S
         self._pool = ConnectionPool(
@@ -149,10 +149,10 @@ class PostgresStore(Store):
 
     def _ensure_schema(self) -> None:
         """The schema in place, made by whichever replica gets the lock first; at most one try a second."""
-        if self._schema_ready:
+        if self._schema_ready.is_set():
             return
         with self._schema_lock:
-            if self._schema_ready:
+            if self._schema_ready.is_set():
                 return
             if time.monotonic() - self._schema_tried_at < SCHEMA_RETRY_S:
                 raise StoreFailure(f"{self.location} could not be reached a moment ago")
@@ -160,7 +160,7 @@ class PostgresStore(Store):
             with self._failures(), self._connect() as connection, connection.transaction():
                 migrate(connection)
                 maintain_partitions(connection, time.time())
-            self._schema_ready = True
+            self._schema_ready.set()
 
     @contextmanager
     def _failures(self) -> Iterator[None]:
