@@ -195,7 +195,7 @@ class PostgresStore(Store):
         columns = [list(column) for column in zip(*records, strict=True)]
         try:
             with connection.transaction():
-                connection.execute(INSERT, columns)
+                connection.execute(INSERT, columns, binary=True)
         except FAILURES as exc:
             self._lose_writer()
             raise StoreFailure(describe(exc)) from exc
