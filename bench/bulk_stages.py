@@ -62,7 +62,14 @@ def main() -> int:
     record = seconds
     seconds, _ = timed(
         lambda: records_for_batch(
-            ids, engine.card.version, batch.class_index, batch.confidence, batch.probabilities, None
+            ids,
+            engine.card.name,
+            engine.card.version,
+            True,
+            batch.class_index,
+            batch.confidence,
+            batch.probabilities,
+            None,
         )
     )
     record += seconds
@@ -71,7 +78,14 @@ def main() -> int:
         log = PredictionLog(Path(tmp) / "log.sqlite", queue_size=ROWS * REPEATS, linger=0.0)
         prepared = [
             records_for_batch(
-                new_ids(ROWS), engine.card.version, batch.class_index, batch.confidence, batch.probabilities, None
+                new_ids(ROWS),
+                engine.card.name,
+                engine.card.version,
+                True,
+                batch.class_index,
+                batch.confidence,
+                batch.probabilities,
+                None,
             )
             for _ in range(REPEATS)
         ]
