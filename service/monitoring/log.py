@@ -237,11 +237,13 @@ class PredictionLog:
         feedback_pending_seconds: float = 300.0,
         on_dropped: Callable[[int], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        on_writable: Callable[[bool], None] | None = None,
     ) -> None:
         """``target``: a SQLite file's path, a ``postgresql://`` URL or a ``Store``. ``on_dropped`` hears
         every row that was acknowledged but will never be in the store (queue full, write error) and
         ``on_queue_depth`` every change of the queue's depth: the monitor feeds its Prometheus metrics from
-        them, whichever thread the event happens on."""
+        them, whichever thread the event happens on; ``on_writable`` hears whether the store takes writes (True at
+        the start and whenever a problem clears, False when one starts)."""
         self.store = target if isinstance(target, Store) else open_store(target)
         self.path = self.store.location
         self._queue = RowQueue(queue_size, batch_size, on_queue_depth)
@@ -255,6 +257,9 @@ class PredictionLog:
         self._prune_interval = prune_interval
         self._pending_seconds = feedback_pending_seconds
         self._on_dropped = on_dropped
+        self._on_writable = on_writable
+        if on_writable is not None:
+            on_writable(True)
         self._written = 0
         self._dropped = 0
         self._counter_lock = threading.Lock()
@@ -395,6 +400,8 @@ class PredictionLog:
             self._problem = StoreProblem(self.path, reason, time.time())
             if first:
                 self._dropped_at_problem = self._dropped
+        if first and self._on_writable is not None:
+            self._on_writable(False)
         if first:
             logger.error(
                 "prediction log %s cannot be written: %s. Predictions are still served; their rows wait in the "
@@ -411,6 +418,8 @@ class PredictionLog:
                 return
             self._problem = None
             lost = self._dropped - self._dropped_at_problem
+        if self._on_writable is not None:
+            self._on_writable(True)
         logger.warning("prediction log %s can be written again; %d row(s) were dropped meanwhile", self.path, lost)
 
     def _retention(self) -> Retention:

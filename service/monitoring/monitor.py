@@ -93,6 +93,7 @@ def open_log(settings: Settings) -> PredictionLog | None:
         # Counted where it happens (a request's thread or the writer's), so write errors count too.
         on_dropped=metrics.DROPPED.inc,
         on_queue_depth=metrics.QUEUE_DEPTH.set,
+        on_writable=lambda writable: metrics.STORE_WRITABLE.set(1 if writable else 0),
     )
 
 

@@ -75,6 +75,12 @@ SHADOW_ROWS = Counter(
 )
 QUEUE_DEPTH = Gauge("calibserve_log_queue_depth", "Rows waiting for the log writer", multiprocess_mode="livesum")
 DROPPED = Counter("calibserve_log_dropped_rows_total", "Prediction rows not logged (queue full or write error)")
+STORE_WRITABLE = Gauge(
+    "calibserve_log_store_writable",
+    "1 while the prediction log's store (SQLite file or PostgreSQL) takes writes, 0 while rows wait for it; "
+    "the lowest of the live processes",
+    multiprocess_mode="livemin",
+)
 SHED = Counter(
     "calibserve_shed_requests_total",
     "Requests refused with 503 before scoring: queue full (rows over CALIBSERVE_MAX_QUEUE_ROWS) or queue deadline",

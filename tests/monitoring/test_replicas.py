@@ -208,6 +208,11 @@ def test_the_database_stopped_and_restarted_mid_traffic_fails_no_prediction(
             refused = feedback(b.url, [(traffic.acknowledged[0], "0")])
             assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0, refused.text
             assert httpx.get(f"{a.url}/health/ready", timeout=10).status_code == 200  # readiness stays up
+            # the idle replica's writer notices too (it asks every 5 s): its gauge says so
+            deadline = time.monotonic() + DEADLINE_S
+            while writable(b.url) != 0.0:
+                assert time.monotonic() < deadline, "the idle replica never reported its store down"
+                time.sleep(0.2)
             own_postgres.start()
             traffic.wait_for(len(traffic.acknowledged) + 100)
         assert traffic.failures == []
@@ -216,12 +221,20 @@ def test_the_database_stopped_and_restarted_mid_traffic_fails_no_prediction(
             assert time.monotonic() < deadline, "the store problem never cleared"
             time.sleep(0.2)
         dropped = health(a.url)["log"]["dropped"]
+        assert writable(a.url) == 1.0
         assert a.stop() == 0, a.text()
     present = stored_ids(url)
     acknowledged = set(traffic.acknowledged)
     assert dropped == 0  # the outage fit in the queue (10,000 rows): every row waited and was written
     assert acknowledged <= present, f"{len(acknowledged - present)} acknowledged predictions missing"
     assert feedback_after_restart(url, traffic.acknowledged[0]) == 0
+
+
+def writable(url: str) -> float:
+    """``calibserve_log_store_writable`` as the server's /metrics says it."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    (line,) = [line for line in text.splitlines() if line.startswith("calibserve_log_store_writable")]
+    return float(line.split()[-1])
 
 
 def feedback_after_restart(url: str, prediction_id: str) -> int:

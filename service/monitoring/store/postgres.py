@@ -56,6 +56,7 @@ FEEDBACK_LOCK = 0x63616C6962737203
 CONNECT_TIMEOUT_S = 3
 POOL_TIMEOUT_S = 3.0
 SCHEMA_RETRY_S = 1.0
+IDLE_CHECK_S = 5.0  # an idle writer asks the database this often whether it is there, so health stays current
 DAYS_AHEAD = 2
 PARTITIONED = ("predictions", "feedback")
 
@@ -123,6 +124,8 @@ class PostgresStore(Store):
         self._schema_ready = threading.Event()
         self._schema_lock = threading.Lock()
         self._schema_tried_at = -SCHEMA_RETRY_S
+        self._schema_failure = ""
+        self._checked_at = time.monotonic()
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -155,11 +158,15 @@ class PostgresStore(Store):
             if self._schema_ready.is_set():
                 return
             if time.monotonic() - self._schema_tried_at < SCHEMA_RETRY_S:
-                raise StoreFailure(f"{self.location} could not be reached a moment ago")
+                raise StoreFailure(self._schema_failure)  # what the last try a moment ago said
             self._schema_tried_at = time.monotonic()
-            with self._failures(), self._connect() as connection, connection.transaction():
-                migrate(connection)
-                maintain_partitions(connection, time.time())
+            try:
+                with self._failures(), self._connect() as connection, connection.transaction():
+                    migrate(connection)
+                    maintain_partitions(connection, time.time())
+            except StoreFailure as exc:
+                self._schema_failure = exc.reason
+                raise
             self._schema_ready.set()
 
     @contextmanager
@@ -201,8 +208,11 @@ class PostgresStore(Store):
             raise StoreFailure(describe(exc)) from exc
 
     def check(self, *, prove: bool) -> None:
-        if not prove:
+        """``prove`` (the writer has a problem to clear) asks the database now; otherwise every
+        ``IDLE_CHECK_S``, so that a replica without traffic also says when its database is gone."""
+        if not prove and time.monotonic() - self._checked_at < IDLE_CHECK_S:
             return
+        self._checked_at = time.monotonic()
         connection = self._writable()
         try:
             connection.execute("SELECT 1").fetchone()
