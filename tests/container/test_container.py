@@ -89,18 +89,6 @@ def predict(port: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def image() -> Iterator[str]:
-    problem = engine_problem()
-    if problem:
-        pytest.skip(problem)
-    # podman writes OCI images by default, which drop HEALTHCHECK; the docker format keeps it.
-    fmt = ["--format", "docker"] if Path(ENGINE).name == "podman" else []
-    run(ENGINE, "build", *fmt, *BUILD_FLAGS, "-t", IMAGE, ".", timeout=900)
-    yield IMAGE
-    run(ENGINE, "rmi", "-f", IMAGE, check=False)
-
-
-@pytest.fixture(scope="module")
 def container(image: str) -> Iterator[tuple[str, int, float]]:
     name, port = f"calibserve-test-{uuid.uuid4().hex[:8]}", free_port()
     started = time.monotonic()
@@ -266,3 +254,15 @@ def readable(path: Path) -> None:
     """World-readable files and directories: the image's user (uid 10001) reads the mount."""
     for item in [path, *path.rglob("*")]:
         item.chmod(0o755 if item.is_dir() else 0o644)
+
+
+def build_image() -> Iterator[str]:
+    """The calibserve image, built once for the session (tests/container/conftest.py's ``image``)."""
+    problem = engine_problem()
+    if problem:
+        pytest.skip(problem)
+    # podman writes OCI images by default, which drop HEALTHCHECK; the docker format keeps it.
+    fmt = ["--format", "docker"] if Path(ENGINE).name == "podman" else []
+    run(ENGINE, "build", *fmt, *BUILD_FLAGS, "-t", IMAGE, ".", timeout=900)
+    yield IMAGE
+    run(ENGINE, "rmi", "-f", IMAGE, check=False)

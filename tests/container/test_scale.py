@@ -29,7 +29,6 @@ from tests.container.test_container import BUILD_FLAGS, COMPOSE, ENGINE, free_po
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
-image = single.image  # the calibserve image: the same fixture (engine check, build flags) as the single container
 COMPOSE_FILE = "docker-compose.scale.yml"
 REPLICAS = ("replica-1", "replica-2", "replica-3")
 SIDECARS = {"postgres": "CALIBSERVE_POSTGRES_IMAGE", "nginx": "CALIBSERVE_NGINX_IMAGE"}  # deploy/compose/<name>
