@@ -60,38 +60,22 @@ def main() -> int:
     session_only, _ = timed(lambda: engine.run(features))
     seconds, ids = timed(lambda: new_ids(ROWS))
     record = seconds
-    seconds, _ = timed(
-        lambda: records_for_batch(
-            ids,
-            engine.card.name,
-            engine.card.version,
-            True,
-            batch.class_index,
-            batch.confidence,
-            batch.probabilities,
-            None,
-        )
-    )
+
+    def records(batch_ids: list[str]) -> list[Any]:
+        return records_for_batch(
+            batch_ids, engine.card.name, engine.card.version, True, batch.class_index, batch.confidence,
+            batch.probabilities, None,
+        )  # fmt: skip
+
+    seconds, _ = timed(lambda: records(ids))
     record += seconds
     stages.append(("log, request path: ids + rows", record))
     with tempfile.TemporaryDirectory() as tmp:
         log = PredictionLog(Path(tmp) / "log.sqlite", queue_size=ROWS * REPEATS, linger=0.0)
-        prepared = [
-            records_for_batch(
-                new_ids(ROWS),
-                engine.card.name,
-                engine.card.version,
-                True,
-                batch.class_index,
-                batch.confidence,
-                batch.probabilities,
-                None,
-            )
-            for _ in range(REPEATS)
-        ]
+        prepared = [records(new_ids(ROWS)) for _ in range(REPEATS)]
         started = time.perf_counter()
-        for records in prepared:
-            log.submit(records)
+        for prepared_rows in prepared:
+            log.submit(prepared_rows)
         log.flush(60)
         writer = (time.perf_counter() - started) / REPEATS  # commits of 500 rows, WAL, synchronous=NORMAL
         log.close()

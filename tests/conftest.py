@@ -6,7 +6,6 @@ import importlib.util
 import shutil
 import sys
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +13,7 @@ from types import ModuleType
 import pytest
 
 from tests.postgres import SKIP_REASON as POSTGRES_SKIP_REASON
-from tests.postgres import PostgresServer, find_bindir
+from tests.postgres import PostgresServer, find_bindir, running_postgres
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "digits"
@@ -121,15 +120,8 @@ def postgres_server() -> Iterator[PostgresServer]:
     if bindir is None:
         pytest.skip(POSTGRES_SKIP_REASON)
     pytest.importorskip("psycopg", reason="needs the 'postgres' extra: pip install -e '.[postgres]'")
-    server = PostgresServer(bindir)
-    try:
-        server.init()
-        server.start()
+    with running_postgres(bindir) as server:
         yield server
-    finally:
-        with suppress(Exception):
-            server.stop("immediate")
-        server.remove()
 
 
 @pytest.fixture

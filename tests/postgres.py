@@ -15,7 +15,8 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 SKIP_REASON = "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql"
@@ -106,3 +107,17 @@ class PostgresServer:
             "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
             "WHERE a.amname = 'btree' AND c.relkind = 'i') checks",
         )
+
+
+@contextmanager
+def running_postgres(bindir: Path) -> Iterator[PostgresServer]:
+    """A started server of its own, stopped (if the test left it running) and removed at the end."""
+    server = PostgresServer(bindir)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        with suppress(Exception):  # already stopped by the test
+            server.stop("immediate")
+        server.remove()

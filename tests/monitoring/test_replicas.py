@@ -7,10 +7,9 @@ PostgreSQL server started by the tests. What was stored is read from the databas
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ import psycopg
 import pytest
 
 from tests.monitoring.test_log_processes import ROWS, Server, serving
-from tests.postgres import PostgresServer, find_bindir
+from tests.monitoring.test_log_processes import Traffic as ProcessTraffic
+from tests.postgres import PostgresServer, find_bindir, running_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 
@@ -76,29 +76,13 @@ def replicas(tmp_path: Path, database_url: str, count: int, *extra: str) -> Iter
 
 
 @dataclass
-class Traffic:
-    """Threads sending predictions until stopped; every answer is kept, and any that is not a 200 too."""
+class Traffic(ProcessTraffic):
+    """The processes tests' traffic (threads, ``acknowledged`` id -> arrival), sending two rows per request and
+    keeping every answer that is not a 200 in ``failures`` (there, a failed request only ends its thread)."""
 
-    url: str
     threads: int = 3
-    stop: threading.Event = field(default_factory=threading.Event)
-    acknowledged: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    workers: list[threading.Thread] = field(default_factory=list)
     until_gone: bool = False  # a server killed under the traffic: transport errors end a thread quietly
-
-    def __enter__(self) -> Traffic:
-        for _ in range(self.threads):
-            worker = threading.Thread(target=self._run, daemon=True)
-            worker.start()
-            self.workers.append(worker)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for worker in self.workers:
-            worker.join(timeout=30)
 
     def _run(self) -> None:
         body = {"instances": [ROWS[0], ROWS[1]]}
@@ -111,17 +95,13 @@ class Traffic:
                         with self.lock:
                             self.failures.append(repr(exc))
                     return
+                arrived = time.monotonic()
                 with self.lock:
                     if response.status_code == 200:
-                        self.acknowledged += [p["prediction_id"] for p in response.json()["predictions"]]
+                        for prediction in response.json()["predictions"]:
+                            self.acknowledged[prediction["prediction_id"]] = arrived
                     else:
                         self.failures.append(f"{response.status_code} {response.text[:200]}")
-
-    def wait_for(self, count: int, timeout: float = DEADLINE_S) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.acknowledged) < count:
-            assert time.monotonic() < deadline, f"only {len(self.acknowledged)} predictions in {timeout} s"
-            time.sleep(0.05)
 
 
 def test_feedback_on_any_replica_and_one_calibration_status_everywhere(tmp_path: Path, postgres_url: str) -> None:
@@ -159,7 +139,7 @@ def test_kill_9_of_a_replica_loses_nothing_the_survivor_acknowledged(
         with Traffic(victim.url, until_gone=True) as doomed, Traffic(survivor.url) as steady:
             doomed.wait_for(200)
             steady.wait_for(200)
-            committed = wait_until_stored(postgres_url, set(doomed.acknowledged[:200]))
+            committed = wait_until_stored(postgres_url, set(list(doomed.acknowledged)[:200]))
             doomed.wait_for(len(doomed.acknowledged) + 40)
             assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
             steady.wait_for(len(steady.acknowledged) + 200)  # the survivor goes on serving
@@ -181,22 +161,17 @@ def own_postgres() -> Iterator[PostgresServer]:
     bindir = find_bindir()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries not found: apt-get install postgresql")
-    server = PostgresServer(bindir)
-    try:
-        server.init()
-        server.start()
+    with running_postgres(bindir) as server:
         yield server
-    finally:
-        with suppress(Exception):  # already stopped by the test
-            server.stop("immediate")
-        server.remove()
 
 
 def test_the_database_stopped_and_restarted_mid_traffic_fails_no_prediction(
     tmp_path: Path, own_postgres: PostgresServer
 ) -> None:
     url = own_postgres.fresh_database()
-    with replicas(tmp_path, url, 2) as (a, b):
+    # A queue far beyond what the outage can fill (about 2,000 rows a second for up to ~10 s here), so that every
+    # row must wait and be written; what happens past the bound is tested in test_store_unavailable.py.
+    with replicas(tmp_path, url, 2, "--log-queue-size", "200000") as (a, b):
         with Traffic(a.url) as traffic:
             traffic.wait_for(100)
             own_postgres.stop("fast")
@@ -205,7 +180,7 @@ def test_the_database_stopped_and_restarted_mid_traffic_fails_no_prediction(
             down = health(b.url)
             store = next(r for r in down["reasons"] if r["code"] == "log_store_unavailable")
             assert "***" not in url and url.split("@")[-1] in store["message"]  # says which store, no password
-            refused = feedback(b.url, [(traffic.acknowledged[0], "0")])
+            refused = feedback(b.url, [(next(iter(traffic.acknowledged)), "0")])
             assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0, refused.text
             assert httpx.get(f"{a.url}/health/ready", timeout=10).status_code == 200  # readiness stays up
             # the idle replica's writer notices too (it asks every 5 s): its gauge says so
@@ -225,9 +200,9 @@ def test_the_database_stopped_and_restarted_mid_traffic_fails_no_prediction(
         assert a.stop() == 0, a.text()
     present = stored_ids(url)
     acknowledged = set(traffic.acknowledged)
-    assert dropped == 0  # the outage fit in the queue (10,000 rows): every row waited and was written
+    assert dropped == 0  # the outage fit in the queue: every row waited and was written
     assert acknowledged <= present, f"{len(acknowledged - present)} acknowledged predictions missing"
-    assert feedback_after_restart(url, traffic.acknowledged[0]) == 0
+    assert feedback_after_restart(url, next(iter(traffic.acknowledged))) == 0
 
 
 def writable(url: str) -> float:

@@ -93,7 +93,15 @@ INSERT = (
 )
 
 # Failures of the database or the way to it; anything else from psycopg (a syntax error, a constraint) is ours.
-FAILURES = (psycopg.OperationalError, psycopg.errors.InsufficientResources, PoolTimeout, OSError)
+# InterfaceError: a connection the server closed under us ("the connection is closed", raised for instance by
+# the rollback psycopg tries when a transaction fails on a dead connection).
+FAILURES = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.InsufficientResources,
+    PoolTimeout,
+    OSError,
+)
 
 
 def redact(url: str) -> str:
