@@ -76,6 +76,9 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.set_defaults(handler=_run_serve)
 
 
+WORKER_HEALTHCHECK_TIMEOUT_S = 30
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     import os
     import signal
@@ -133,6 +136,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         backlog=settings.backlog,
         timeout_keep_alive=settings.timeout_keep_alive,
         timeout_graceful_shutdown=settings.graceful_timeout,
+        # uvicorn kills a worker that misses its supervisor's ping for this long (default 5 s): on a loaded
+        # 2-core machine a busy worker was killed mid-request (connections reset), so allow a longer stall.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S,
     )
     return 0
 

@@ -428,6 +428,8 @@ class PredictionLog:
     def _prune(self) -> None:
         try:
             self.store.prune(self._retention(), time.time())
+        except StoreFailure:
+            pass  # the store is down: said by the writer's commits and checks, tried again next pass
         except Exception:
             logger.exception("prediction log: pruning failed (will retry)")
 
@@ -436,7 +438,10 @@ class PredictionLog:
         if isinstance(self.store, SQLiteStore):
             self.store.prune_with_new_connection(self._retention(), time.time())
         else:
-            self.store.prune(self._retention(), time.time())
+            try:
+                self.store.prune(self._retention(), time.time(), wait=True)
+            except StoreFailure as exc:
+                raise self._unavailable(exc) from exc
 
     # -- feedback and reads -------------------------------------------------------------------------
     def could_be_ours(self, prediction_id: str, now: float) -> bool:

@@ -95,9 +95,11 @@ class Store(ABC):
         that it can be written again (``StoreFailure`` if not)."""
 
     @abstractmethod
-    def prune(self, retention: Retention, now: float) -> None:
+    def prune(self, retention: Retention, now: float, *, wait: bool = False) -> None:
         """Retention: old and surplus predictions go, with their feedback, and so does pending feedback whose
-        prediction never came."""
+        prediction never came. A store shared by several processes runs one pass at a time: by default a
+        pass finding another one running is skipped (the writer's periodic pass), ``wait`` waits its turn
+        (a pass asked for now)."""
 
     @abstractmethod
     def record_feedback(self, ids: Sequence[str], classify: Classifier) -> list[FeedbackStatus]:

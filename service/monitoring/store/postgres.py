@@ -229,18 +229,18 @@ class PostgresStore(Store):
             self._lose_writer()
             raise StoreFailure(describe(exc)) from exc
 
-    def prune(self, retention: Retention, now: float) -> None:
-        connection = self._writable()
-        try:
-            with connection.transaction():
+    def prune(self, retention: Retention, now: float, *, wait: bool = False) -> None:
+        """On a pooled connection (never the writer's: a pass asked for from another thread must not share its
+        transaction), under the maintenance lock: one replica's pass at a time."""
+        with self._pooled() as connection, connection.transaction():
+            if wait:
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (MAINTENANCE_LOCK,))
+            else:
                 locked = connection.execute("SELECT pg_try_advisory_xact_lock(%s)", (MAINTENANCE_LOCK,)).fetchone()
                 if not (locked and locked[0]):
                     return  # another replica is at it
-                maintain_partitions(connection, now)
-                prune(connection, retention, now)
-        except FAILURES as exc:
-            self._lose_writer()
-            raise StoreFailure(describe(exc)) from exc
+            maintain_partitions(connection, now)
+            prune(connection, retention, now)
 
     def close(self) -> None:
         self._lose_writer()

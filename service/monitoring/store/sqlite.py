@@ -260,7 +260,8 @@ class SQLiteStore(Store):
     def close(self) -> None:
         self._close_connection()
 
-    def prune(self, retention: Retention, now: float) -> None:
+    def prune(self, retention: Retention, now: float, *, wait: bool = False) -> None:
+        """On the writer's connection; SQLite's write lock serialises passes, so ``wait`` changes nothing."""
         with suppress(StoreFailure):  # said by the writer's next commit or check
             self._prune(self._writable(), retention, now)
 
