@@ -97,7 +97,7 @@ def container(image: str) -> Iterator[tuple[str, int, float]]:
         wait_ready(port, name)
         yield name, port, time.monotonic() - started
     finally:
-        run(ENGINE, "rm", "-f", name, check=False)
+        run(ENGINE, "rm", "-f", "-v", name, check=False)  # -v: its anonymous volumes too
 
 
 def test_container_serves_calibrated_predictions(container: tuple[str, int, float]) -> None:
@@ -180,7 +180,7 @@ def test_sigterm_finishes_and_exits_cleanly(image: str) -> None:
         assert stopped_after < STOP_SECONDS, stopped_after
         assert "Application shutdown complete" in logs
     finally:
-        run(ENGINE, "rm", "-f", name, check=False)
+        run(ENGINE, "rm", "-f", "-v", name, check=False)  # -v: its anonymous volumes too
 
 
 def test_mounted_models_and_model_path_replace_the_default(image: str, tiny_artifact_dir: Path) -> None:
@@ -194,7 +194,7 @@ def test_mounted_models_and_model_path_replace_the_default(image: str, tiny_arti
             wait_ready(port, name)
             assert predict(port)["model"]["name"] == "tiny"
         finally:
-            run(ENGINE, "rm", "-f", name, check=False)
+            run(ENGINE, "rm", "-f", "-v", name, check=False)  # -v: its anonymous volumes too
 
 
 def test_compose_up_serves_the_default_model(image: str) -> None:
@@ -247,7 +247,7 @@ def test_a_mounted_repository_serves_every_model_and_picks_up_a_new_one(
                 time.sleep(0.5)
             assert httpx.get(f"http://127.0.0.1:{port}/v2/models/third/ready", timeout=10).status_code == 200
         finally:
-            run(ENGINE, "rm", "-f", name, check=False)
+            run(ENGINE, "rm", "-f", "-v", name, check=False)  # -v: its anonymous volumes too
 
 
 def readable(path: Path) -> None:

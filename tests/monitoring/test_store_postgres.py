@@ -130,6 +130,21 @@ def test_a_database_down_at_start_up_fails_nothing_and_is_used_once_it_is_up(pos
         server.remove()
 
 
+def test_a_statement_stuck_on_a_lock_is_cancelled_and_reported_not_waited_for(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, statement_timeout_ms=300)
+    log = PredictionLog(store, prune_interval=3600)
+    try:
+        with psycopg.connect(postgres_url) as holder:
+            holder.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")  # held until the block ends
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="statement timeout"):
+                log.count()
+            assert time.monotonic() - started < 5.0
+        assert log.count() == (0, 0)  # the lock is gone: the same store answers
+    finally:
+        log.close()
+
+
 def test_a_schema_of_another_version_is_refused_loudly_not_rewritten(postgres_url: str) -> None:
     PostgresStore(postgres_url).close()
     with psycopg.connect(postgres_url) as connection:

@@ -54,6 +54,9 @@ MIGRATION_LOCK = 0x63616C6962737201
 MAINTENANCE_LOCK = 0x63616C6962737202
 FEEDBACK_LOCK = 0x63616C6962737203
 CONNECT_TIMEOUT_S = 3
+# No statement may hang a request or the writer on a lock or a stalled server: past this it is cancelled
+# (QueryCanceled, an OperationalError: a store failure, retried) instead of waiting without end.
+STATEMENT_TIMEOUT_MS = 15_000
 POOL_TIMEOUT_S = 3.0
 SCHEMA_RETRY_S = 1.0
 IDLE_CHECK_S = 5.0  # an idle writer asks the database this often whether it is there, so health stays current
@@ -125,8 +128,9 @@ def day_partitions(now: float, days_ahead: int = DAYS_AHEAD) -> list[tuple[str, 
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS) -> None:
         self._url = url
+        self._options = f"-c statement_timeout={statement_timeout_ms}"
         self.location = redact(url)
         self._writer: psycopg.Connection[Any] | None = None
         self._schema_ready = threading.Event()
@@ -142,7 +146,11 @@ class PostgresStore(Store):
             timeout=POOL_TIMEOUT_S,
             reconnect_timeout=30.0,
             check=ConnectionPool.check_connection,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "calibserve"},
+            kwargs={
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "application_name": "calibserve",
+                "options": self._options,
+            },
             name="calibserve-store",
         )
         self._pool.open(wait=False)
@@ -154,7 +162,9 @@ class PostgresStore(Store):
     # -- connections and schema -----------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self._url, connect_timeout=CONNECT_TIMEOUT_S, application_name="calibserve")
+            return psycopg.connect(
+                self._url, connect_timeout=CONNECT_TIMEOUT_S, application_name="calibserve", options=self._options
+            )
         except FAILURES as exc:
             raise StoreFailure(describe(exc)) from exc
 
