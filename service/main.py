@@ -21,6 +21,7 @@ from service.api.middleware import AdmissionGate, BodyGuard, RequestContext
 from service.api.openapi import install_model_openapi
 from service.api.parsing import NPY_MEDIA_TYPE
 from service.api.routes import feedback, health, models, predict, v2
+from service.api.routes.docs import install_docs
 from service.api.shortcut import HotRoutes
 from service.inference.admission import Admission
 from service.inference.engine import InferenceEngine
@@ -72,7 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.repository = None
             await repository.close()  # answers what is queued, then commits every acknowledged prediction
 
-    app = FastAPI(title="calibserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="calibserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by install_docs without a CDN
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.repository = None
     install_error_handlers(app)
@@ -85,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, metrics=RequestMetrics())
     for module in (predict, feedback, models, health, v2):
         app.include_router(module.router)
+    install_docs(app)
     install_model_openapi(app, lambda: _engines(app), lambda: _default(app), settings.max_instances)
     return app
 

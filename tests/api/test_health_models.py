@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -151,6 +152,23 @@ def test_docs_page_is_html(client: Client) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "/openapi.json" in response.text
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_every_asset_from_calibserve_itself(client: Client, page: str) -> None:
+    """No CDN: every script, stylesheet and icon the page names is served here (the browser test renders it)."""
+    html = client.get(page).text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets, html
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.content) > 1000, asset
+    assert "cdn." not in html and "fonts.googleapis" not in html
+    if page == "/redoc":
+        script = client.get("/docs/redoc.standalone.js").text
+        assert "cdn.redoc.ly" not in script  # its logo, pointed at the local favicon
 
 
 def enter_lifespan(app: FastAPI) -> None:
