@@ -46,8 +46,10 @@ class PageEvents:
         page.on("request", lambda r: self.requested_urls.append(r.url))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Per module, not per session: Playwright's sync API keeps an event loop set in this thread while it is
+    open, and every later test calling ``asyncio.run()`` would fail ("cannot be called from a running loop")."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium not found (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[dev]'")
