@@ -40,6 +40,8 @@ from service.monitoring.store import open_store
 from service.monitoring.store.base import (
     FeedbackRows,
     FeedbackStatus,
+    HistoryCounts,
+    HistoryQuery,
     PairedWindow,
     PredictionRecord,
     Retention,
@@ -543,6 +545,14 @@ class PredictionLog:
             labelled_challenger=stack_probabilities([r[1] for r in labelled], k),
             labels=np.asarray([index[str(r[2])] for r in labelled], dtype=np.int64),
         )
+
+    def history_counts(self, query: HistoryQuery) -> HistoryCounts:
+        """The store's per-bucket aggregates (``monitoring/history.py`` turns them into figures)."""
+        self.flush(timeout=2.0)
+        try:
+            return self.store.history_counts(query)
+        except StoreFailure as exc:
+            raise self._unavailable(exc) from exc
 
     def count(self) -> tuple[int, int]:
         try:

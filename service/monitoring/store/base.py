@@ -65,6 +65,34 @@ class Retention:
     pending_floor: str
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """One model's predictions (``version`` None: every version) made in ``[since, until)``, in buckets of
+    ``bucket_seconds`` from ``since``; confidences binned in ``histogram_bins`` and ``ece_bins`` equal-width
+    bins (``[lo, hi)``, 1.0 in the last), labels read against ``classes``. Served predictions only."""
+
+    model: str
+    version: str | None
+    classes: tuple[str, ...]
+    since: float
+    until: float
+    bucket_seconds: float
+    histogram_bins: int
+    ece_bins: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCounts:
+    """The database's aggregates for a history (the calibration maths turns them into figures):
+
+    ``predictions``: rows (bucket, predicted class, confidence-histogram bin, count, confidence sum);
+    ``labelled``: rows (bucket, ECE bin, count, confidence sum, correct count) of the labelled predictions.
+    Buckets are counted from ``since``; a bucket with nothing in it has no row."""
+
+    predictions: list[tuple[int, int, int, int, float]]
+    labelled: list[tuple[int, int, int, float, int]]
+
+
 class StoreFailure(Exception):
     """The database cannot be read or written now; ``reason`` says why in the database's own words."""
 
@@ -123,6 +151,11 @@ class Store(ABC):
     ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes, str]]]:
         """The latest requests the champion answered and the challenger shadow-scored, newest first, and of
         those the latest labelled ones (by label time) with their labels."""
+
+    @abstractmethod
+    def history_counts(self, query: HistoryQuery) -> HistoryCounts:
+        """Per-bucket aggregates computed in the database (GROUP BY), so a month of a large log answers
+        without moving its rows: walked along the id key (UUIDv7 ids sort by time)."""
 
     @abstractmethod
     def count(self) -> tuple[int, int]:

@@ -39,6 +39,8 @@ from service.monitoring.ids import id_floor
 from service.monitoring.store.base import (
     Classifier,
     FeedbackStatus,
+    HistoryCounts,
+    HistoryQuery,
     PredictionRecord,
     Retention,
     Store,
@@ -321,6 +323,31 @@ class PostgresStore(Store):
         return (
             [(bytes(a), bytes(b)) for a, b in recent],
             [(bytes(a), bytes(b), str(label)) for a, b, label in labelled],
+        )
+
+    def history_counts(self, query: HistoryQuery) -> HistoryCounts:
+        window = (id_floor(query.since), id_floor(query.until), query.since, query.until)
+        version = "" if query.version is None else "AND p.model_version = %s"
+        versions: tuple[object, ...] = () if query.version is None else (query.version,)
+        bucket = "floor((p.ts - %s) / %s)::int"
+        where = f"p.model = %s {version} AND p.served AND p.id >= %s AND p.id < %s AND p.ts >= %s AND p.ts < %s"
+        predictions = self._read(
+            f"SELECT {bucket} AS b, p.class_index, least(floor(p.confidence * %s)::int, %s) AS h, count(*), "
+            f"sum(p.confidence) FROM predictions p WHERE {where} GROUP BY b, p.class_index, h",
+            (query.since, query.bucket_seconds, query.histogram_bins, query.histogram_bins - 1, query.model,
+             *versions, *window),
+        )  # fmt: skip
+        labelled = self._read(
+            f"SELECT {bucket} AS b, least(floor(p.confidence * %s)::int, %s) AS e, count(*), sum(p.confidence), "
+            "sum((p.class_index = c.idx - 1)::int) FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
+            f"JOIN unnest(%s::text[]) WITH ORDINALITY AS c(name, idx) ON c.name = f.label "
+            f"WHERE f.prediction_id >= %s AND f.prediction_id < %s AND {where} GROUP BY b, e",
+            (query.since, query.bucket_seconds, query.ece_bins, query.ece_bins - 1, list(query.classes),
+             *window[:2], query.model, *versions, *window),
+        )  # fmt: skip
+        return HistoryCounts(
+            [(int(b), int(k), int(h), int(n), float(c)) for b, k, h, n, c in predictions],
+            [(int(b), int(e), int(n), float(c), int(r)) for b, e, n, c, r in labelled],
         )
 
     def count(self) -> tuple[int, int]:

@@ -17,9 +17,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing, suppress
 from pathlib import Path
 
+from service.monitoring.ids import id_floor
 from service.monitoring.store.base import (
     Classifier,
     FeedbackStatus,
+    HistoryCounts,
+    HistoryQuery,
     PredictionRecord,
     Retention,
     Store,
@@ -353,6 +356,33 @@ class SQLiteStore(Store):
             (*keys, *classes, _limit(limit)),
         )
         return recent, labelled  # type: ignore[return-value]
+
+    def history_counts(self, query: HistoryQuery) -> HistoryCounts:
+        window = (id_floor(query.since), id_floor(query.until), query.since, query.until)
+        version = "" if query.version is None else "AND p.model_version = ?"
+        versions: tuple[object, ...] = () if query.version is None else (query.version,)
+        bucket = "CAST((p.ts - ?) / ? AS INTEGER)"
+        where = f"p.model = ? {version} AND p.served = 1 AND p.id >= ? AND p.id < ? AND p.ts >= ? AND p.ts < ?"
+        predictions = self._read(
+            f"SELECT {bucket} AS b, p.class_index, MIN(CAST(p.confidence * ? AS INTEGER), ?) AS h, COUNT(*), "
+            f"SUM(p.confidence) FROM predictions p WHERE {where} GROUP BY b, p.class_index, h",
+            (query.since, query.bucket_seconds, query.histogram_bins, query.histogram_bins - 1, query.model,
+             *versions, *window),
+        )  # fmt: skip
+        # Driven by the feedback's key range (prediction ids sort by time), each label's prediction found by
+        # its key; the label's class index by a CASE over the model's classes (a joined VALUES table made
+        # SQLite walk every prediction once per class).
+        index = " ".join("WHEN ? THEN ?" for _ in query.classes)
+        labelled = self._read(
+            f"SELECT {bucket} AS b, MIN(CAST(p.confidence * ? AS INTEGER), ?) AS e, COUNT(*), SUM(p.confidence), "
+            f"SUM(p.class_index = (CASE f.label {index} END)) FROM feedback f CROSS JOIN predictions p "
+            f"ON p.id = f.prediction_id WHERE f.prediction_id >= ? AND f.prediction_id < ? "
+            f"AND f.label IN ({_marks(query.classes)}) AND {where} GROUP BY b, e",
+            (query.since, query.bucket_seconds, query.ece_bins, query.ece_bins - 1,
+             *(v for i, name in enumerate(query.classes) for v in (name, i)), *window[:2], *query.classes,
+             query.model, *versions, *window),
+        )  # fmt: skip
+        return HistoryCounts(predictions, labelled)  # type: ignore[arg-type]
 
     def count(self) -> tuple[int, int]:
         rows = self._read("SELECT (SELECT COUNT(*) FROM predictions), (SELECT COUNT(*) FROM feedback)", ())
