@@ -208,6 +208,7 @@ def test_compose_up_serves_the_default_model(image: str) -> None:
         assert [p["label"] for p in body["predictions"]] == ["0", "1"]
     finally:
         down = run(*compose, "down", "-v", env=env, check=False, timeout=120)
+        run(ENGINE, "network", "rm", "-f", f"{project}_default", check=False)  # podman-compose 1.0 leaves it
     assert down.returncode == 0, down.stderr
 
 
