@@ -49,7 +49,7 @@ from service.monitoring.store.base import (
     StoreFailure,
     stack_probabilities,
 )
-from service.monitoring.store.sqlite import CHUNK, SCHEMA_VERSION, SQLiteStore
+from service.monitoring.store.sqlite import CHUNK, SCHEMA_VERSION
 
 __all__ = [
     "CHUNK",
@@ -437,13 +437,10 @@ class PredictionLog:
 
     def prune_now(self) -> None:
         """One retention pass now, from the calling thread (tests and operators)."""
-        if isinstance(self.store, SQLiteStore):
-            self.store.prune_with_new_connection(self._retention(), time.time())
-        else:
-            try:
-                self.store.prune(self._retention(), time.time(), wait=True)
-            except StoreFailure as exc:
-                raise self._unavailable(exc) from exc
+        try:
+            self.store.prune(self._retention(), time.time(), wait=True)
+        except StoreFailure as exc:
+            raise self._unavailable(exc) from exc
 
     # -- feedback and reads -------------------------------------------------------------------------
     def could_be_ours(self, prediction_id: str, now: float) -> bool:

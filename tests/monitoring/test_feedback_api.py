@@ -7,11 +7,10 @@ Every test serves the real app (bundled digits model, real onnxruntime) with its
 from __future__ import annotations
 
 import functools
-import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +96,6 @@ def reasons_by_code(health: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def not_ok(health: dict[str, Any]) -> set[str]:
     return {r["code"] for r in health["reasons"] if r["status"] != "ok"}
-
-
-def sqlite_rows(data_dir: Path, query: str) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(data_dir / LOG_FILE)) as connection:
-        return list(connection.execute(query).fetchall())
 
 
 def on_store(target: Path | str, **overrides: Any) -> Settings:

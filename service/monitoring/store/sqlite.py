@@ -264,9 +264,16 @@ class SQLiteStore(Store):
         self._close_connection()
 
     def prune(self, retention: Retention, now: float, *, wait: bool = False) -> None:
-        """On the writer's connection; SQLite's write lock serialises passes, so ``wait`` changes nothing."""
-        with suppress(StoreFailure):  # said by the writer's next commit or check
-            self._prune(self._writable(), retention, now)
+        """On a connection of its own, so a pass may run from any thread; SQLite's write lock serialises
+        passes (and every other writer), so ``wait`` changes nothing here."""
+        try:
+            connection = connect(self.path, create=False)
+        except (OSError, sqlite3.Error) as exc:
+            if not is_store_failure(exc):
+                raise
+            raise StoreFailure(describe(exc)) from exc
+        with closing(connection):
+            self._prune(connection, retention, now)
 
     @staticmethod
     def _prune(connection: sqlite3.Connection, retention: Retention, now: float) -> None:
@@ -286,10 +293,6 @@ class SQLiteStore(Store):
             )
         except sqlite3.Error:
             logger.exception("prediction log: pruning failed (will retry)")
-
-    def prune_with_new_connection(self, retention: Retention, now: float) -> None:
-        with closing(connect(self.path, create=False)) as connection:
-            self._prune(connection, retention, now)
 
     # -- feedback and reads ---------------------------------------------------------------------------
     def record_feedback(self, ids: Sequence[str], classify: Classifier) -> list[FeedbackStatus]:
