@@ -15,6 +15,7 @@ import pytest
 
 from service.errors import StoreUnavailable
 from service.monitoring.log import PredictionLog
+from service.monitoring.store import postgres as postgres_store
 from service.monitoring.store.postgres import PostgresStore, day_partitions, maintain_partitions, redact
 from tests.monitoring.test_log import logged_ids, make_batch, open_log, rows
 from tests.monitoring.test_pending import uuid7_at
@@ -52,7 +53,7 @@ def test_replicas_starting_at_once_create_the_schema_exactly_once(postgres_url: 
         thread.join()
     try:
         assert errors == []
-        assert rows(postgres_url, "SELECT version FROM calibserve_schema") == [(1,)]
+        assert rows(postgres_url, "SELECT version FROM calibserve_schema") == [(postgres_store.SCHEMA_VERSION,)]
         for store in stores:
             store.write(make_batch(3))
         assert stores[0].count() == (24, 0)
@@ -163,3 +164,23 @@ def test_a_schema_of_another_version_is_refused_loudly_not_rewritten(postgres_ur
 )
 def test_the_store_is_named_without_its_password(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+def test_a_version_1_database_gets_its_rollup_built_from_its_rows(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    try:
+        store.write(make_batch(40) + make_batch(5, seed=1, served=False))
+    finally:
+        store.close()
+    with psycopg.connect(postgres_url) as connection:  # as calibserve wrote it before the rollup
+        connection.execute("DROP TABLE prediction_rollup")
+        connection.execute("DELETE FROM calibserve_schema")
+        connection.execute("INSERT INTO calibserve_schema VALUES (1, 0)")
+    store = PostgresStore(postgres_url)
+    store.close()
+    assert rows(postgres_url, "SELECT max(version) FROM calibserve_schema") == [(postgres_store.SCHEMA_VERSION,)]
+    # each served row counted once per kind (its class and its confidence bin); the shadow rows not at all
+    assert rows(postgres_url, "SELECT kind, sum(n)::int FROM prediction_rollup GROUP BY kind ORDER BY kind") == [
+        (0, 40),
+        (1, 40),
+    ]

@@ -65,11 +65,20 @@ class Retention:
     pending_floor: str
 
 
+# The rollup both stores keep of served predictions as they are written, so that a history of a month reads a
+# few thousand rows instead of every prediction: per (model, version, hour) the count of each predicted class
+# (kind 0) and of each of ``ROLLUP_BINS`` equal-width confidence bins with its confidence sum (kind 1).
+# 120 bins: the card's histogram bins (10, 12, 15, 20, 24, 30, 40 or 60) are unions of whole rollup bins.
+ROLLUP_SECONDS = 3600
+ROLLUP_BINS = 120
+ROLLUP_CLASS, ROLLUP_CONFIDENCE = 0, 1
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryQuery:
     """One model's predictions (``version`` None: every version) made in ``[since, until)``, in buckets of
-    ``bucket_seconds`` from ``since``; confidences binned in ``histogram_bins`` and ``ece_bins`` equal-width
-    bins (``[lo, hi)``, 1.0 in the last), labels read against ``classes``. Served predictions only."""
+    ``bucket_seconds`` from ``since``; confidences binned in ``histogram_bins`` equal-width bins (``[lo, hi)``,
+    1.0 in the last), labels read against ``classes``. Served predictions only."""
 
     model: str
     version: str | None
@@ -78,19 +87,31 @@ class HistoryQuery:
     until: float
     bucket_seconds: float
     histogram_bins: int
-    ece_bins: int
+
+    @property
+    def n_buckets(self) -> int:
+        return int(np.ceil((self.until - self.since) / self.bucket_seconds))
+
+    @property
+    def reads_rollup(self) -> bool:
+        """Whether the rollup answers the label-free counts: every bucket a union of whole rollup hours, and
+        the histogram's bins unions of rollup bins. Otherwise (sub-hour buckets) the rows are read."""
+        whole = all(float(v) % ROLLUP_SECONDS == 0 for v in (self.since, self.until, self.bucket_seconds))
+        return whole and ROLLUP_BINS % self.histogram_bins == 0
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryCounts:
     """The database's aggregates for a history (the calibration maths turns them into figures):
 
-    ``predictions``: rows (bucket, predicted class, confidence-histogram bin, count, confidence sum);
-    ``labelled``: rows (bucket, ECE bin, count, confidence sum, correct count) of the labelled predictions.
-    Buckets are counted from ``since``; a bucket with nothing in it has no row."""
+    ``classes``: rows (bucket, model version, predicted class, count); ``confidences``: rows (bucket,
+    histogram bin, count, confidence sum); ``labelled``: the labelled predictions one by one, (bucket,
+    probabilities, label), as NLL, Brier and the intervals need each row (labels are the scarce part of a
+    log). Buckets are counted from ``since``; a bucket with nothing in it has no row."""
 
-    predictions: list[tuple[int, int, int, int, float]]
-    labelled: list[tuple[int, int, int, float, int]]
+    classes: list[tuple[int, str, int, int]]
+    confidences: list[tuple[int, int, int, float]]
+    labelled: list[tuple[int, bytes, str]]
 
 
 class StoreFailure(Exception):

@@ -37,6 +37,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from service.monitoring.ids import id_floor
 from service.monitoring.store.base import (
+    ROLLUP_BINS,
+    ROLLUP_CLASS,
+    ROLLUP_CONFIDENCE,
+    ROLLUP_SECONDS,
     Classifier,
     FeedbackStatus,
     HistoryCounts,
@@ -50,11 +54,14 @@ from service.monitoring.store.base import (
 
 logger = logging.getLogger("calibserve.log")
 
-SCHEMA_VERSION = 1
+# Version 2 adds the rollup (``base.ROLLUP_SECONDS``); a version 1 database gets it in place, built from its rows.
+SCHEMA_VERSION = 2
 # Advisory lock keys (any bigint; these spell "calibsrv" and differ in the last byte).
 MIGRATION_LOCK = 0x63616C6962737201
 MAINTENANCE_LOCK = 0x63616C6962737202
 FEEDBACK_LOCK = 0x63616C6962737203
+# Writers hold it shared (they never wait for each other), the rollup's rebuild after pruning exclusively.
+ROLLUP_LOCK = 0x63616C6962737204
 CONNECT_TIMEOUT_S = 3
 # No statement may hang a request or the writer on a lock or a stalled server: past this it is cancelled
 # (QueryCanceled, an OperationalError: a store failure, retried) instead of waiting without end.
@@ -91,10 +98,44 @@ CREATE TABLE feedback_default PARTITION OF feedback DEFAULT;
 CREATE INDEX feedback_ts ON feedback (ts);
 """
 
+ROLLUP_SCHEMA = """
+CREATE TABLE prediction_rollup (
+    model text NOT NULL,
+    model_version text NOT NULL,
+    hour bigint NOT NULL,
+    kind smallint NOT NULL,
+    key integer NOT NULL,
+    n bigint NOT NULL,
+    confidence_sum double precision NOT NULL,
+    PRIMARY KEY (model, model_version, hour, kind, key)
+);
+"""
+
+
+def rollup_upsert(source: str) -> str:
+    """Add the served rows of ``source`` (a table or CTE with the predictions' columns) to the rollup. Sorted,
+    so that replicas adding to the same rows at once lock them in one order (no deadlock)."""
+    hour = f"floor(ts / {ROLLUP_SECONDS})::bigint"
+    key = f"least(floor(confidence * {ROLLUP_BINS})::int, {ROLLUP_BINS - 1})"
+    return (
+        "INSERT INTO prediction_rollup (model, model_version, hour, kind, key, n, confidence_sum) "
+        "SELECT model, model_version, hour, kind, key, count(*), sum(confidence) FROM ("
+        f"SELECT model, model_version, {hour} AS hour, {ROLLUP_CLASS} AS kind, class_index AS key, confidence "
+        f"FROM {source} UNION ALL SELECT model, model_version, {hour}, {ROLLUP_CONFIDENCE}, {key}, confidence "
+        f"FROM {source}) r GROUP BY model, model_version, hour, kind, key "
+        "ORDER BY model, model_version, hour, kind, key "
+        "ON CONFLICT (model, model_version, hour, kind, key) DO UPDATE SET n = prediction_rollup.n + excluded.n, "
+        "confidence_sum = prediction_rollup.confidence_sum + excluded.confidence_sum"
+    )
+
+
+# One statement: the rows go in, and those that were new (RETURNING skips a row already stored) into the rollup.
 INSERT = (
-    "INSERT INTO predictions (id, model, ts, model_version, served, class_index, confidence, probabilities, "
-    "features) SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[], %s::bool[], %s::int4[], "
-    "%s::float8[], %s::bytea[], %s::bytea[]) ON CONFLICT DO NOTHING"
+    "WITH inserted AS (INSERT INTO predictions (id, model, ts, model_version, served, class_index, confidence, "
+    "probabilities, features) SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[], %s::bool[], "
+    "%s::int4[], %s::float8[], %s::bytea[], %s::bytea[]) ON CONFLICT DO NOTHING "
+    "RETURNING model, model_version, ts, class_index, confidence, served), "
+    "new_served AS (SELECT * FROM inserted WHERE served) " + rollup_upsert("new_served")
 )
 
 # Failures of the database or the way to it; anything else from psycopg (a syntax error, a constraint) is ours.
@@ -222,6 +263,7 @@ class PostgresStore(Store):
         columns = [list(column) for column in zip(*records, strict=True)]
         try:
             with connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ROLLUP_LOCK,))
                 connection.execute(INSERT, columns, binary=True)
         except FAILURES as exc:
             self._lose_writer()
@@ -252,7 +294,8 @@ class PostgresStore(Store):
                 if not (locked and locked[0]):
                     return  # another replica is at it
             maintain_partitions(connection, now)
-            prune(connection, retention, now)
+            if prune(connection, retention, now):
+                rebuild_oldest_rollup(connection)
 
     def close(self) -> None:
         self._lose_writer()
@@ -326,29 +369,54 @@ class PostgresStore(Store):
         )
 
     def history_counts(self, query: HistoryQuery) -> HistoryCounts:
-        window = (id_floor(query.since), id_floor(query.until), query.since, query.until)
-        version = "" if query.version is None else "AND p.model_version = %s"
         versions: tuple[object, ...] = () if query.version is None else (query.version,)
-        bucket = "floor((p.ts - %s) / %s)::int"
+        version = "" if query.version is None else "AND p.model_version = %s"
+        window = (id_floor(query.since), id_floor(query.until), query.since, query.until)
         where = f"p.model = %s {version} AND p.served AND p.id >= %s AND p.id < %s AND p.ts >= %s AND p.ts < %s"
-        predictions = self._read(
-            f"SELECT {bucket} AS b, p.class_index, least(floor(p.confidence * %s)::int, %s) AS h, count(*), "
-            f"sum(p.confidence) FROM predictions p WHERE {where} GROUP BY b, p.class_index, h",
-            (query.since, query.bucket_seconds, query.histogram_bins, query.histogram_bins - 1, query.model,
-             *versions, *window),
-        )  # fmt: skip
+        bucket = "floor((p.ts - %s) / %s)::int"
+        if query.reads_rollup:
+            classes, confidences = self._rollup_counts(query)
+        else:
+            h = query.histogram_bins
+            classes = self._read(
+                f"SELECT {bucket} AS b, p.model_version, p.class_index, count(*) FROM predictions p WHERE {where} "
+                "GROUP BY b, p.model_version, p.class_index",
+                (query.since, query.bucket_seconds, query.model, *versions, *window),
+            )
+            confidences = self._read(
+                f"SELECT {bucket} AS b, least(floor(p.confidence * %s)::int, %s) AS k, count(*), sum(p.confidence) "
+                f"FROM predictions p WHERE {where} GROUP BY b, k",
+                (query.since, query.bucket_seconds, h, h - 1, query.model, *versions, *window),
+            )
         labelled = self._read(
-            f"SELECT {bucket} AS b, least(floor(p.confidence * %s)::int, %s) AS e, count(*), sum(p.confidence), "
-            "sum((p.class_index = c.idx - 1)::int) FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
-            f"JOIN unnest(%s::text[]) WITH ORDINALITY AS c(name, idx) ON c.name = f.label "
-            f"WHERE f.prediction_id >= %s AND f.prediction_id < %s AND {where} GROUP BY b, e",
-            (query.since, query.bucket_seconds, query.ece_bins, query.ece_bins - 1, list(query.classes),
-             *window[:2], query.model, *versions, *window),
-        )  # fmt: skip
-        return HistoryCounts(
-            [(int(b), int(k), int(h), int(n), float(c)) for b, k, h, n, c in predictions],
-            [(int(b), int(e), int(n), float(c), int(r)) for b, e, n, c, r in labelled],
+            f"SELECT {bucket}, p.probabilities, f.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
+            f"WHERE f.prediction_id >= %s AND f.prediction_id < %s AND f.label = ANY(%s) AND {where}",
+            (query.since, query.bucket_seconds, *window[:2], list(query.classes), query.model, *versions, *window),
         )
+        return HistoryCounts(
+            [(int(b), str(v), int(k), int(n)) for b, v, k, n in classes],
+            [(int(b), int(k), int(n), float(c)) for b, k, n, c in confidences],
+            [(int(b), bytes(blob), str(label)) for b, blob, label in labelled],
+        )
+
+    def _rollup_counts(self, query: HistoryQuery) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        version = "" if query.version is None else "AND model_version = %s"
+        versions: tuple[object, ...] = () if query.version is None else (query.version,)
+        first, last = int(query.since // ROLLUP_SECONDS), int(query.until // ROLLUP_SECONDS)
+        per_bucket = int(query.bucket_seconds // ROLLUP_SECONDS)
+        where = f"model = %s {version} AND hour >= %s AND hour < %s AND kind = %s"
+        classes = self._read(
+            f"SELECT (hour - %s) / %s AS b, model_version, key, sum(n) FROM prediction_rollup WHERE {where} "
+            "GROUP BY b, model_version, key",
+            (first, per_bucket, query.model, *versions, first, last, ROLLUP_CLASS),
+        )
+        confidences = self._read(
+            f"SELECT (hour - %s) / %s AS b, key / %s AS k, sum(n), sum(confidence_sum) FROM prediction_rollup "
+            f"WHERE {where} GROUP BY b, k",
+            (first, per_bucket, ROLLUP_BINS // query.histogram_bins, query.model, *versions, first, last,
+             ROLLUP_CONFIDENCE),
+        )  # fmt: skip
+        return classes, confidences
 
     def count(self) -> tuple[int, int]:
         rows = self._read("SELECT (SELECT count(*) FROM predictions), (SELECT count(*) FROM feedback)", ())
@@ -367,13 +435,20 @@ def migrate(connection: psycopg.Connection[Any]) -> None:
     exists = connection.execute("SELECT to_regclass('calibserve_schema') IS NOT NULL").fetchone()
     if not (exists and exists[0]):
         connection.execute(SCHEMA)
+        connection.execute(ROLLUP_SCHEMA)
         connection.execute("INSERT INTO calibserve_schema VALUES (%s, %s)", (SCHEMA_VERSION, time.time()))
         logger.info("prediction store: created schema version %d", SCHEMA_VERSION)
         return
     found = connection.execute("SELECT max(version) FROM calibserve_schema").fetchone()
     version = found[0] if found else None
+    if version == 1:  # the rollup, built from the rows already stored
+        connection.execute(ROLLUP_SCHEMA)
+        connection.execute(rollup_upsert("(SELECT * FROM predictions WHERE served) p"))
+        connection.execute("INSERT INTO calibserve_schema VALUES (%s, %s)", (SCHEMA_VERSION, time.time()))
+        logger.info("prediction store: upgraded schema version 1 to %d (rollup built)", SCHEMA_VERSION)
+        return
     if version != SCHEMA_VERSION:
-        # No older PostgreSQL layout exists yet; a newer one is not ours to touch.
+        # A newer layout is not ours to touch.
         raise psycopg.errors.FeatureNotSupported(
             f"the database holds calibserve store schema version {version}; this calibserve reads {SCHEMA_VERSION}"
         )
@@ -399,10 +474,11 @@ def maintain_partitions(connection: psycopg.Connection[Any], now: float) -> None
                 logger.warning("prediction store: partition %s_%s overlaps rows in the default one", table, suffix)
 
 
-def prune(connection: psycopg.Connection[Any], retention: Retention, now: float) -> None:
+def prune(connection: psycopg.Connection[Any], retention: Retention, now: float) -> bool:
     """Age: drop whole day partitions that end before the cutoff, and old rows of the default partitions.
     Count: delete the oldest rows beyond the limit, with their feedback. Pending feedback whose prediction
-    never came goes after its window."""
+    never came goes after its window. Whether any prediction went."""
+    pruned = False
     if retention.days is not None:
         cutoff = now - retention.days * 86400
         floor = id_floor(cutoff)
@@ -410,21 +486,40 @@ def prune(connection: psycopg.Connection[Any], retention: Retention, now: float)
             for name, upper in partitions_of(connection, table):
                 if upper is not None and upper <= floor:
                     connection.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+                    pruned = True
                     logger.info("prediction store: dropped partition %s (older than the retention)", name)
-        connection.execute("DELETE FROM predictions_default WHERE ts < %s", (cutoff,))
+        pruned |= connection.execute("DELETE FROM predictions_default WHERE ts < %s", (cutoff,)).rowcount > 0
         connection.execute("DELETE FROM feedback_default WHERE prediction_id < %s", (floor,))
     if retention.rows is not None:
         row = connection.execute(
             "SELECT id FROM predictions ORDER BY id DESC LIMIT 1 OFFSET %s", (retention.rows,)
         ).fetchone()
         if row is not None:  # the newest id beyond the limit: it and every older one go
-            connection.execute("DELETE FROM predictions WHERE id <= %s", (row[0],))
+            pruned |= connection.execute("DELETE FROM predictions WHERE id <= %s", (row[0],)).rowcount > 0
             connection.execute("DELETE FROM feedback WHERE prediction_id <= %s", (row[0],))
     connection.execute(
         "DELETE FROM feedback f WHERE f.prediction_id < %s "
         "AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.id = f.prediction_id)",
         (retention.pending_floor,),
     )
+    return pruned
+
+
+def rebuild_oldest_rollup(connection: psycopg.Connection[Any]) -> None:
+    """After pruning, in its transaction: the rollup forgets the hours whose rows are gone and recounts the
+    oldest hour still held (pruning may have taken part of it), with the writers held off meanwhile."""
+    connection.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK,))
+    oldest = connection.execute("SELECT ts FROM predictions ORDER BY id LIMIT 1").fetchone()
+    if oldest is None:
+        connection.execute("DELETE FROM prediction_rollup")
+        return
+    hour = int(oldest[0] // ROLLUP_SECONDS)
+    start, end = hour * ROLLUP_SECONDS, (hour + 1) * ROLLUP_SECONDS
+    connection.execute("DELETE FROM prediction_rollup WHERE hour <= %s", (hour,))
+    # the id range (ids sort by time) reaches the partitions of that hour only
+    rows = "(SELECT * FROM predictions WHERE served AND id >= %s AND id < %s AND ts >= %s AND ts < %s) p"
+    bounds = (id_floor(start - ROLLUP_SECONDS), id_floor(end + ROLLUP_SECONDS), start, end)
+    connection.execute(rollup_upsert(rows), bounds * 2)
 
 
 def partitions_of(connection: psycopg.Connection[Any], table: str) -> list[tuple[str, str | None]]:

@@ -19,6 +19,10 @@ from pathlib import Path
 
 from service.monitoring.ids import id_floor
 from service.monitoring.store.base import (
+    ROLLUP_BINS,
+    ROLLUP_CLASS,
+    ROLLUP_CONFIDENCE,
+    ROLLUP_SECONDS,
     Classifier,
     FeedbackStatus,
     HistoryCounts,
@@ -56,12 +60,42 @@ CREATE TABLE IF NOT EXISTS feedback (
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
-PRAGMA user_version = 2;
 """
 # Version 2 keys a prediction by (id, model): a shadow model's score of a request shares the request's id,
 # and a label is the class *name* (models of one server may have different classes). Version 1 files
 # (one model, integer labels) are moved aside at start-up, never rewritten: see ``open_or_recover``.
-SCHEMA_VERSION = 2
+# Version 3 adds the rollup (``base.ROLLUP_SECONDS``): a version 2 file gets it in place, built from its rows.
+SCHEMA_VERSION = 3
+OLDEST_READABLE = 2
+
+ROLLUP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS prediction_rollup (
+    model TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    key INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    confidence_sum REAL NOT NULL,
+    PRIMARY KEY (model, model_version, hour, kind, key)
+) WITHOUT ROWID
+"""
+
+
+def rollup_insert(where: str) -> str:
+    """Add the served predictions that ``where`` selects to the rollup (an upsert: counts are added)."""
+    hour = f"CAST(ts / {ROLLUP_SECONDS} AS INTEGER)"
+    key = f"MIN(CAST(confidence * {ROLLUP_BINS} AS INTEGER), {ROLLUP_BINS - 1})"
+    return (
+        "INSERT INTO prediction_rollup (model, model_version, hour, kind, key, n, confidence_sum) "
+        f"SELECT * FROM (SELECT model, model_version, {hour} AS h, {ROLLUP_CLASS}, class_index, COUNT(*), "
+        f"SUM(confidence) FROM predictions WHERE served = 1 AND {where} GROUP BY model, model_version, h, "
+        f"class_index UNION ALL SELECT model, model_version, {hour} AS h, {ROLLUP_CONFIDENCE}, {key} AS k, "
+        f"COUNT(*), SUM(confidence) FROM predictions WHERE served = 1 AND {where} GROUP BY model, model_version, "
+        "h, k) WHERE 1 ON CONFLICT (model, model_version, hour, kind, key) DO UPDATE SET n = n + excluded.n, "
+        "confidence_sum = confidence_sum + excluded.confidence_sum"
+    )
+
 
 FileIdentity = tuple[int, int]
 
@@ -104,6 +138,7 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, FileIdentity]:
         if _is_outdated(connection):
             raise OutdatedStore(f"{path} is a prediction log of schema version 1 (one model per file)")
         connection.executescript(SCHEMA)
+        _ensure_rollup(connection)
         identity = file_identity(path)
         if identity is None:
             raise sqlite3.OperationalError(f"{path} vanished while it was being opened")
@@ -116,7 +151,48 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, FileIdentity]:
 def _is_outdated(connection: sqlite3.Connection) -> bool:
     version = connection.execute("PRAGMA user_version").fetchone()[0]
     found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'predictions'").fetchone()
-    return bool(version < SCHEMA_VERSION and found is not None)
+    return bool(version < OLDEST_READABLE and found is not None)
+
+
+def _ensure_rollup(connection: sqlite3.Connection) -> None:
+    """Schema version 3: the rollup table, built from the rows already logged (a version 2 file) in the same
+    transaction that sets the version, so workers opening one file at once build it once."""
+    if connection.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if connection.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            connection.execute(ROLLUP_SCHEMA)
+            connection.execute("DELETE FROM prediction_rollup")
+            connection.execute(rollup_insert("1"))
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        _rollback(connection)
+        raise
+
+
+def rebuild_oldest_rollup(connection: sqlite3.Connection) -> None:
+    """After pruning: the rollup forgets the hours whose rows are gone, and recounts the oldest hour still
+    held (pruning may have taken part of it). Under the write lock, so no batch lands in between."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        oldest = connection.execute("SELECT ts FROM predictions ORDER BY id LIMIT 1").fetchone()
+        if oldest is None:
+            connection.execute("DELETE FROM prediction_rollup")
+        else:
+            hour = int(oldest[0] // ROLLUP_SECONDS)
+            start, end = hour * ROLLUP_SECONDS, (hour + 1) * ROLLUP_SECONDS
+            connection.execute("DELETE FROM prediction_rollup WHERE hour <= ?", (hour,))
+            # the id range (ids sort by time) keeps this a walk along the key, not a scan of the table
+            connection.execute(
+                rollup_insert("id >= ? AND id < ? AND ts >= ? AND ts < ?"),
+                (id_floor(start - ROLLUP_SECONDS), id_floor(end + ROLLUP_SECONDS), start, end) * 2,
+            )
+        connection.execute("COMMIT")
+    except BaseException:
+        _rollback(connection)
+        raise
 
 
 def is_corrupt(error: sqlite3.Error) -> bool:
@@ -214,7 +290,11 @@ class SQLiteStore(Store):
         connection = self._writable()
         try:
             connection.execute("BEGIN IMMEDIATE")
+            # The rows this batch adds have rowids above every existing one (no AUTOINCREMENT: max + 1), and
+            # only they go into the rollup: a row already stored (INSERT OR IGNORE) is not counted twice.
+            last = connection.execute("SELECT COALESCE(MAX(rowid), 0) FROM predictions").fetchone()[0]
             connection.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+            connection.execute(rollup_insert("rowid > ?"), (last, last))
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             _rollback(connection)
@@ -278,6 +358,7 @@ class SQLiteStore(Store):
     @staticmethod
     def _prune(connection: sqlite3.Connection, retention: Retention, now: float) -> None:
         try:
+            before = connection.total_changes
             if retention.days is not None:
                 connection.execute("DELETE FROM predictions WHERE ts < ?", (now - retention.days * 86400,))
             if retention.rows is not None:
@@ -287,6 +368,8 @@ class SQLiteStore(Store):
                 if row is not None:  # the newest id beyond the limit: it and every older one go
                     connection.execute("DELETE FROM predictions WHERE id <= ?", (row[0],))
                     connection.execute("DELETE FROM feedback WHERE prediction_id <= ?", (row[0],))
+            if connection.total_changes != before:
+                rebuild_oldest_rollup(connection)
             connection.execute(
                 "DELETE FROM feedback WHERE prediction_id < ? AND prediction_id NOT IN (SELECT id FROM predictions)",
                 (retention.pending_floor,),
@@ -361,31 +444,52 @@ class SQLiteStore(Store):
         return recent, labelled  # type: ignore[return-value]
 
     def history_counts(self, query: HistoryQuery) -> HistoryCounts:
-        window = (id_floor(query.since), id_floor(query.until), query.since, query.until)
-        version = "" if query.version is None else "AND p.model_version = ?"
         versions: tuple[object, ...] = () if query.version is None else (query.version,)
-        bucket = "CAST((p.ts - ?) / ? AS INTEGER)"
+        version = "" if query.version is None else "AND p.model_version = ?"
+        window = (id_floor(query.since), id_floor(query.until), query.since, query.until)
         where = f"p.model = ? {version} AND p.served = 1 AND p.id >= ? AND p.id < ? AND p.ts >= ? AND p.ts < ?"
-        predictions = self._read(
-            f"SELECT {bucket} AS b, p.class_index, MIN(CAST(p.confidence * ? AS INTEGER), ?) AS h, COUNT(*), "
-            f"SUM(p.confidence) FROM predictions p WHERE {where} GROUP BY b, p.class_index, h",
-            (query.since, query.bucket_seconds, query.histogram_bins, query.histogram_bins - 1, query.model,
-             *versions, *window),
-        )  # fmt: skip
-        # Driven by the feedback's key range (prediction ids sort by time), each label's prediction found by
-        # its key; the label's class index by a CASE over the model's classes (a joined VALUES table made
-        # SQLite walk every prediction once per class).
-        index = " ".join("WHEN ? THEN ?" for _ in query.classes)
+        bucket = "CAST((p.ts - ?) / ? AS INTEGER)"
+        if query.reads_rollup:
+            classes, confidences = self._rollup_counts(query)
+        else:
+            h = query.histogram_bins
+            classes = self._read(
+                f"SELECT {bucket} AS b, p.model_version, p.class_index, COUNT(*) FROM predictions p WHERE {where} "
+                "GROUP BY b, p.model_version, p.class_index",
+                (query.since, query.bucket_seconds, query.model, *versions, *window),
+            )
+            confidences = self._read(
+                f"SELECT {bucket} AS b, MIN(CAST(p.confidence * ? AS INTEGER), ?) AS k, COUNT(*), SUM(p.confidence) "
+                f"FROM predictions p WHERE {where} GROUP BY b, k",
+                (query.since, query.bucket_seconds, h, h - 1, query.model, *versions, *window),
+            )
+        # Driven by the feedback's key range (prediction ids sort by time), each label's prediction by its key.
         labelled = self._read(
-            f"SELECT {bucket} AS b, MIN(CAST(p.confidence * ? AS INTEGER), ?) AS e, COUNT(*), SUM(p.confidence), "
-            f"SUM(p.class_index = (CASE f.label {index} END)) FROM feedback f CROSS JOIN predictions p "
+            f"SELECT {bucket}, p.probabilities, f.label FROM feedback f CROSS JOIN predictions p "
             f"ON p.id = f.prediction_id WHERE f.prediction_id >= ? AND f.prediction_id < ? "
-            f"AND f.label IN ({_marks(query.classes)}) AND {where} GROUP BY b, e",
-            (query.since, query.bucket_seconds, query.ece_bins, query.ece_bins - 1,
-             *(v for i, name in enumerate(query.classes) for v in (name, i)), *window[:2], *query.classes,
-             query.model, *versions, *window),
+            f"AND f.label IN ({_marks(query.classes)}) AND {where}",
+            (query.since, query.bucket_seconds, *window[:2], *query.classes, query.model, *versions, *window),
+        )
+        return HistoryCounts(classes, confidences, labelled)  # type: ignore[arg-type]
+
+    def _rollup_counts(self, query: HistoryQuery) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        version = "" if query.version is None else "AND model_version = ?"
+        versions: tuple[object, ...] = () if query.version is None else (query.version,)
+        first, last = int(query.since // ROLLUP_SECONDS), int(query.until // ROLLUP_SECONDS)
+        per_bucket = int(query.bucket_seconds // ROLLUP_SECONDS)
+        where = f"model = ? {version} AND hour >= ? AND hour < ? AND kind = ?"
+        classes = self._read(
+            f"SELECT (hour - ?) / ? AS b, model_version, key, SUM(n) FROM prediction_rollup WHERE {where} "
+            "GROUP BY b, model_version, key",
+            (first, per_bucket, query.model, *versions, first, last, ROLLUP_CLASS),
+        )
+        confidences = self._read(
+            f"SELECT (hour - ?) / ? AS b, key / ? AS k, SUM(n), SUM(confidence_sum) FROM prediction_rollup "
+            f"WHERE {where} GROUP BY b, k",
+            (first, per_bucket, ROLLUP_BINS // query.histogram_bins, query.model, *versions, first, last,
+             ROLLUP_CONFIDENCE),
         )  # fmt: skip
-        return HistoryCounts(predictions, labelled)  # type: ignore[arg-type]
+        return classes, confidences
 
     def count(self) -> tuple[int, int]:
         rows = self._read("SELECT (SELECT COUNT(*) FROM predictions), (SELECT COUNT(*) FROM feedback)", ())
