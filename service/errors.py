@@ -67,6 +67,11 @@ class StoreUnavailable(ServiceError):
     ``details["retry_after"]`` is sent as ``Retry-After``."""
 
 
+class FeatureOff(ServiceError):
+    """What was asked for is switched off in this deployment (the dashboard, or the prediction log behind a
+    history); the message names the setting (404: there is nothing at that address here)."""
+
+
 class ArtifactError(ServiceError):
     """A model artifact is missing, unreadable, or its card does not match the graph."""
 

@@ -20,12 +20,13 @@ from service.api.errors import install_error_handlers
 from service.api.middleware import AdmissionGate, BodyGuard, RequestContext
 from service.api.openapi import install_model_openapi
 from service.api.parsing import NPY_MEDIA_TYPE
-from service.api.routes import feedback, health, models, predict, v2
+from service.api.routes import feedback, health, history, models, predict, v2
 from service.api.routes.docs import install_docs
 from service.api.shortcut import HotRoutes
 from service.inference.admission import Admission
 from service.inference.engine import InferenceEngine
 from service.logs import configure_logging
+from service.monitoring.history import LabelledCache
 from service.monitoring.requests import RequestMetrics
 from service.repository import ModelRepository
 from service.settings import Settings
@@ -91,7 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, binary_routes={NPY_MEDIA_TYPE: ("/predict",)})
     # Outermost: ids on every answer; requests counted and timed whatever answered them.
     app.add_middleware(RequestContext, metrics=RequestMetrics())
-    for module in (predict, feedback, models, health, v2):
+    app.state.history_cache = LabelledCache()
+    for module in (predict, feedback, models, health, history, v2):
         app.include_router(module.router)
     install_docs(app)
     install_model_openapi(app, lambda: _engines(app), lambda: _default(app), settings.max_instances)

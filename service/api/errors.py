@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from service.errors import (
     ArtifactError,
     ConfigurationError,
+    FeatureOff,
     InvalidInput,
     MalformedRequest,
     ModelLoadFailed,
@@ -68,6 +69,7 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     MalformedRequest: 400,
     Unauthorized: 401,
     ModelNotFound: 404,
+    FeatureOff: 404,
     ModelLoadFailed: 400,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,

@@ -30,6 +30,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,6 +53,13 @@ from service.monitoring.live import (
     null_size,
 )
 from service.monitoring.store.base import HistoryCounts, HistoryQuery, stack_probabilities
+
+
+class HistorySource(Protocol):
+    """What a history reads: the prediction log (``PredictionLog.history_counts``), or a store."""
+
+    def history_counts(self, query: HistoryQuery) -> HistoryCounts: ...
+
 
 # Resamples behind each bucket's ECE and accuracy intervals: half the live window's 200, so a month of
 # hourly buckets with labels stays well under a second; the interval's level and method are the live ones.
@@ -173,6 +181,7 @@ def buckets_from_counts(
             hist[b, bin_] += n
             confidence[b] += confidence_sum
     labelled = _labelled_by_bucket(counts, query, n_buckets)
+    bin_confidence = _bin_confidence(card.reference.confidences, h)
     out = []
     for b in range(n_buckets):
         start = query.since + b * query.bucket_seconds
@@ -188,7 +197,9 @@ def buckets_from_counts(
         drift: tuple[BucketCheck, ...] = ()
         psi = shift = estimated_drop = None
         if n >= thresholds.min_predictions:
-            psi, shift, estimated_drop, drift = _label_free(card, hist[b], classes[b], confidence[b] / n, thresholds)
+            psi, shift, estimated_drop, drift = _label_free(
+                card, hist[b], classes[b], confidence[b] / n, bin_confidence, thresholds
+            )
         else:
             lacks.append(f"{n} prediction(s); the drift figures need at least {thresholds.min_predictions}")
         checks = (figures.checks if figures else ()) + drift
@@ -221,12 +232,12 @@ def buckets_from_counts(
 def _labelled_by_bucket(
     counts: HistoryCounts, query: HistoryQuery, n_buckets: int
 ) -> list[tuple[NDArray[np.float64], NDArray[np.int64]]]:
-    """Each bucket's labelled probabilities [m, K] and label indices [m], in the store's order made canonical
-    (sorted by the rows' bytes), so that the same rows give the same digest and the same bootstrap."""
+    """Each bucket's labelled probabilities [m, K] and label indices [m], in prediction id order (the store's),
+    so that the same rows give the same digest and the same bootstrap."""
     k = len(query.classes)
     index = {name: i for i, name in enumerate(query.classes)}
     rows = [(b, blob, index[label]) for b, blob, label in counts.labelled if 0 <= b < n_buckets and label in index]
-    rows.sort(key=lambda row: (row[0], row[1], row[2]))
+    rows.sort(key=lambda row: row[0])  # stable: id order within a bucket (ids and times agree, so mostly sorted)
     buckets = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
     probs = stack_probabilities([row[1] for row in rows], k)
     labels = np.fromiter((row[2] for row in rows), dtype=np.int64, count=len(rows))
@@ -315,6 +326,7 @@ def _label_free(
     hist: NDArray[np.int64],
     class_counts: NDArray[np.int64],
     mean_confidence: float,
+    bin_confidence: tuple[float, ...],
     thresholds: LiveThresholds,
     seed: int = 0,
 ) -> tuple[float, float, float, tuple[BucketCheck, ...]]:
@@ -328,7 +340,6 @@ def _label_free(
     shift = total_variation(np.asarray(training), class_counts)
     drop = reference_accuracy - mean_confidence
     size, level = null_size(n), thresholds.noise_level
-    bin_confidence = _bin_confidence(card.reference.confidences, len(reference))
     checks = (
         _check("confidence_psi", psi, thresholds.psi_warning, thresholds.psi_critical,
                lambda: _psi_noise(reference, size, level, seed)),
@@ -361,3 +372,42 @@ def _check(
     gate = noise()
     status, threshold, verdict = _drift_grade(value, warning, critical, gate)
     return BucketCheck(code, status, value, threshold, gate.upper, f"{value:.3f} {verdict}")
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A model's history over ``[since, until)``: the buckets, and where the label-free counts came from."""
+
+    model: str
+    version: str | None
+    since: float
+    until: float
+    bucket_seconds: float
+    source: str  # "rollup" (whole-hour buckets) or "rows"
+    buckets: list[HistoryBucket]
+
+
+def aligned_range(since: float, until: float, bucket_seconds: float) -> tuple[float, float]:
+    """``since`` down and ``until`` up to whole buckets of UTC time (a day's buckets start at midnight, an
+    hour's on the hour), so that buckets read the same on every refresh and hourly ones read the rollup."""
+    start = float(np.floor(since / bucket_seconds) * bucket_seconds)
+    end = float(np.ceil(until / bucket_seconds) * bucket_seconds)
+    return start, max(end, start + bucket_seconds)
+
+
+def calibration_history(
+    log: HistorySource,
+    card: CalibrationCard,
+    version: str | None,
+    since: float,
+    until: float,
+    bucket_seconds: float,
+    thresholds: LiveThresholds,
+    cache: LabelledCache | None = None,
+) -> History:
+    """The history of ``card``'s model from the prediction log, every bucket judged against ``card``."""
+    since, until = aligned_range(since, until, bucket_seconds)
+    query = history_query(card, card.name, version, since, until, bucket_seconds)
+    buckets = buckets_from_counts(card, query, log.history_counts(query), thresholds, cache)
+    source = "rollup" if query.reads_rollup else "rows"
+    return History(card.name, version, since, until, bucket_seconds, source, buckets)

@@ -68,9 +68,9 @@ def fill_buckets(log: PredictionLog, rng: np.random.Generator, since: float, buc
         labels = np.array([rng.choice(CARD.n_classes, p=p) for p in label_probs])
         items = [(i, CARD.classes[y]) for i, y, keep in zip(ids, labels, labelled, strict=True) if keep]
         assert set(log.record_feedback(items)) == {"recorded"}
-        # what the store holds: float32 probabilities, renormalised, sorted as the history sorts them
+        # what the store holds: float32 probabilities, renormalised, in prediction id order
         blobs = [r.probabilities for r in records]
-        order = sorted(np.flatnonzero(labelled), key=lambda i: (blobs[i], labels[i]))
+        order = sorted(np.flatnonzero(labelled), key=lambda i: ids[i])
         stored = stack_probabilities([blobs[i] for i in order], CARD.n_classes)
         expected.append((confidence, predicted, stored, labels[order], stack_probabilities(blobs, CARD.n_classes)))
     return expected

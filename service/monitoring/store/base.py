@@ -106,8 +106,8 @@ class HistoryCounts:
 
     ``classes``: rows (bucket, model version, predicted class, count); ``confidences``: rows (bucket,
     histogram bin, count, confidence sum); ``labelled``: the labelled predictions one by one, (bucket,
-    probabilities, label), as NLL, Brier and the intervals need each row (labels are the scarce part of a
-    log). Buckets are counted from ``since``; a bucket with nothing in it has no row."""
+    probabilities, label) in prediction id order, as NLL, Brier and the intervals need each row (labels
+    are the scarce part of a log). Buckets are counted from ``since``; a bucket with nothing in it has no row."""
 
     classes: list[tuple[int, str, int, int]]
     confidences: list[tuple[int, int, int, float]]

@@ -390,7 +390,8 @@ class PostgresStore(Store):
             )
         labelled = self._read(
             f"SELECT {bucket}, p.probabilities, f.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
-            f"WHERE f.prediction_id >= %s AND f.prediction_id < %s AND f.label = ANY(%s) AND {where}",
+            f"WHERE f.prediction_id >= %s AND f.prediction_id < %s AND f.label = ANY(%s) AND {where} "
+            "ORDER BY f.prediction_id",
             (query.since, query.bucket_seconds, *window[:2], list(query.classes), query.model, *versions, *window),
         )
         return HistoryCounts(

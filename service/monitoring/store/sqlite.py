@@ -467,7 +467,7 @@ class SQLiteStore(Store):
         labelled = self._read(
             f"SELECT {bucket}, p.probabilities, f.label FROM feedback f CROSS JOIN predictions p "
             f"ON p.id = f.prediction_id WHERE f.prediction_id >= ? AND f.prediction_id < ? "
-            f"AND f.label IN ({_marks(query.classes)}) AND {where}",
+            f"AND f.label IN ({_marks(query.classes)}) AND {where} ORDER BY f.prediction_id",
             (query.since, query.bucket_seconds, *window[:2], *query.classes, query.model, *versions, *window),
         )
         return HistoryCounts(classes, confidences, labelled)  # type: ignore[arg-type]
