@@ -21,6 +21,7 @@ from service.api.middleware import AdmissionGate, BodyGuard, RequestContext
 from service.api.openapi import install_model_openapi
 from service.api.parsing import NPY_MEDIA_TYPE
 from service.api.routes import feedback, health, history, models, predict, v2
+from service.api.routes.dashboard import install_dashboard
 from service.api.routes.docs import install_docs
 from service.api.shortcut import HotRoutes
 from service.inference.admission import Admission
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (predict, feedback, models, health, history, v2):
         app.include_router(module.router)
     install_docs(app)
+    install_dashboard(app)
     install_model_openapi(app, lambda: _engines(app), lambda: _default(app), settings.max_instances)
     return app
 

@@ -551,6 +551,13 @@ class PredictionLog:
         except StoreFailure as exc:
             raise self._unavailable(exc) from exc
 
+    def first_prediction_time(self, model: str, since: float) -> float | None:
+        """When the model's oldest served prediction since ``since`` was made (the dashboard's default range)."""
+        try:
+            return self.store.first_prediction_time(model, since)
+        except StoreFailure as exc:
+            raise self._unavailable(exc) from exc
+
     def count(self) -> tuple[int, int]:
         try:
             return self.store.count()

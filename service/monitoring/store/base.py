@@ -179,6 +179,10 @@ class Store(ABC):
         without moving its rows: walked along the id key (UUIDv7 ids sort by time)."""
 
     @abstractmethod
+    def first_prediction_time(self, model: str, since: float) -> float | None:
+        """Time of the model's oldest served prediction made at or after ``since`` (None: there is none)."""
+
+    @abstractmethod
     def count(self) -> tuple[int, int]:
         """Predictions and feedback rows stored."""
 

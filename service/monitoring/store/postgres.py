@@ -419,6 +419,13 @@ class PostgresStore(Store):
         )  # fmt: skip
         return classes, confidences
 
+    def first_prediction_time(self, model: str, since: float) -> float | None:
+        rows = self._read(
+            "SELECT ts FROM predictions WHERE id >= %s AND model = %s AND served AND ts >= %s ORDER BY id LIMIT 1",
+            (id_floor(since), model, since),
+        )
+        return float(rows[0][0]) if rows else None
+
     def count(self) -> tuple[int, int]:
         rows = self._read("SELECT (SELECT count(*) FROM predictions), (SELECT count(*) FROM feedback)", ())
         predictions, feedback = rows[0]

@@ -491,6 +491,13 @@ class SQLiteStore(Store):
         )  # fmt: skip
         return classes, confidences
 
+    def first_prediction_time(self, model: str, since: float) -> float | None:
+        rows = self._read(
+            "SELECT ts FROM predictions WHERE id >= ? AND model = ? AND served = 1 AND ts >= ? ORDER BY id LIMIT 1",
+            (id_floor(since), model, since),
+        )
+        return float(rows[0][0]) if rows else None  # type: ignore[arg-type]
+
     def count(self) -> tuple[int, int]:
         rows = self._read("SELECT (SELECT COUNT(*) FROM predictions), (SELECT COUNT(*) FROM feedback)", ())
         predictions, feedback = rows[0]
