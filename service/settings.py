@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     )
     dashboard: bool = Field(True, description="serve the read-only calibration dashboard at /dashboard")
     dashboard_refresh_seconds: int = Field(
-        30, ge=5, le=3600, description="how often an open dashboard refreshes itself (paused while the tab is hidden)"
+        30, ge=2, le=3600, description="how often an open dashboard refreshes itself (paused while the tab is hidden)"
     )
     api_key: SecretStr | None = Field(None, description="if set, POST /v1/feedback needs 'Authorization: Bearer <key>'")
     max_feedback_items: int = Field(1000, ge=1, description="most feedback items in one request (more: 413)")

@@ -133,7 +133,7 @@ def time_chart(chart: TimeChart) -> str:
 
     parts = [
         f'<svg class="chart" id="{_e(chart.chart_id)}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-        f'aria-labelledby="{_e(chart.chart_id)}-title {_e(chart.chart_id)}-desc" xmlns="http://www.w3.org/2000/svg">',
+        f'aria-labelledby="{_e(chart.chart_id)}-title {_e(chart.chart_id)}-desc">',
         f'<title id="{_e(chart.chart_id)}-title">{_e(chart.title)}</title>',
         f'<desc id="{_e(chart.chart_id)}-desc">{_e(chart.description)}</desc>',
         f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}"/>',
@@ -236,7 +236,7 @@ def reliability_diagram(chart_id: str, title: str, bins: Sequence[ReliabilityBin
 
     parts = [
         f'<svg class="chart square" id="{_e(chart_id)}" viewBox="0 0 {size} {size}" role="img" '
-        f'aria-labelledby="{_e(chart_id)}-title" xmlns="http://www.w3.org/2000/svg">',
+        f'aria-labelledby="{_e(chart_id)}-title">',
         f'<title id="{_e(chart_id)}-title">{_e(title)}</title>',
         f'<rect class="plot" x="{pad}" y="12" width="{plot}" height="{plot}"/>',
     ]
@@ -276,7 +276,7 @@ def histogram_chart(chart_id: str, title: str, live: Sequence[int], reference: S
     width = plot_w / max(k, 1)
     parts = [
         f'<svg class="chart wide" id="{_e(chart_id)}" viewBox="0 0 {size_w} {size_h}" role="img" '
-        f'aria-labelledby="{_e(chart_id)}-title" xmlns="http://www.w3.org/2000/svg">',
+        f'aria-labelledby="{_e(chart_id)}-title">',
         f'<title id="{_e(chart_id)}-title">{_e(title)}</title>',
         '<defs><pattern id="hatch" width="5" height="5" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
         '<line class="hatch" x1="0" y1="0" x2="0" y2="5"/></pattern></defs>',
