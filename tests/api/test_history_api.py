@@ -87,6 +87,9 @@ def test_a_bucket_of_the_live_windows_rows_says_what_health_says(store_target: P
         ({"since": "0", "bucket": "1h"}, 422, "at most 2000"),
         ({"since": "nan"}, 422, "not a finite time"),
         ({"until": "inf"}, 422, "not a finite time"),
+        ({"until": "9999-12-31T00:00:00Z"}, 422, "outside 1970-2100"),
+        ({"since": "-5"}, 422, "outside 1970-2100"),
+        ({"bucket": "400d"}, 422, "longer than 31 days"),
     ],
 )
 def test_bad_parameters_are_4xx_that_say_what_was_wrong(params: dict[str, str], status: int, words: str) -> None:

@@ -25,6 +25,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION = re.compile(r"(\d+)\s*([smhd])")
 MIN_BUCKET_S = 60
+MAX_BUCKET_S = 31 * 86400
+# Times a history may ask about: from the Unix epoch to 2100 (prediction ids hold milliseconds since 1970).
+EARLIEST, LATEST = 0.0, 4_102_444_800.0
 
 
 def parse_bucket(text: str) -> float:
@@ -35,6 +38,8 @@ def parse_bucket(text: str) -> float:
     seconds = int(match.group(1)) * UNITS[match.group(2)]
     if seconds < MIN_BUCKET_S:
         raise InvalidInput(f"bucket {text!r} is shorter than a minute", {"bucket": text})
+    if seconds > MAX_BUCKET_S:
+        raise InvalidInput(f"bucket {text!r} is longer than 31 days", {"bucket": text})
     return float(seconds)
 
 
@@ -49,12 +54,18 @@ def parse_time(text: str | None, default: float, name: str) -> float:
     else:
         if not math.isfinite(value):
             raise InvalidInput(f"{name} {text!r} is not a finite time", {name: text})
-        return value
+        return _within_range(value, text, name)
     try:
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise InvalidInput(f"{name} {text!r} is neither an ISO 8601 time nor Unix seconds", {name: text}) from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return _within_range((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp(), text, name)
+
+
+def _within_range(value: float, text: str, name: str) -> float:
+    if not EARLIEST <= value < LATEST:
+        raise InvalidInput(f"{name} {text!r} is outside 1970-2100", {name: text})
+    return value
 
 
 def iso(unix_seconds: float) -> str:
