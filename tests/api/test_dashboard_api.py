@@ -143,3 +143,22 @@ def test_time_ticks_fall_on_round_utc_times() -> None:
     assert all(re.fullmatch(r"\d\d:\d\d", label) for _, label in ticks)
     assert all(re.fullmatch(r"\d\d-\d\d \d\d:\d\d", label) for _, label in time_ticks(now - 7 * 86400, now))
     assert time.time() > 0
+
+
+def test_the_shadow_comparison_is_shown_as_the_shadow_api_gives_it(model_sources: Any, tmp_path: Path) -> None:
+    from tests.api.test_shadow import predict_and_label, settings
+
+    root = model_sources.repository(
+        tmp_path / "repo", digits=model_sources.digits, **{"digits-t1": model_sources.digits_t1}
+    )
+    features, labels = digits_test_split()
+    with serve(settings(root, tmp_path, "digits:digits-t1")) as client:
+        predict_and_label(client, features.astype(np.float32), labels)
+        shadow = client.get("/v1/models/digits/shadow").json()
+        html = client.get("/dashboard/digits").text
+    assert shadow["verdict"] == "champion better calibrated"
+    verdict = re.search(r'<p id="shadow-verdict"><strong>(.*?)</strong> \((\d+) labelled', html)
+    assert verdict is not None and verdict.groups() == (shadow["verdict"], str(shadow["labelled"]["n"]))
+    nll = shadow["labelled"]["nll"]
+    assert f"<td>{nll['champion']['value']:.4f}</td><td>{nll['challenger']['value']:.4f}</td>" in html
+    assert "Champion <strong>digits</strong> against challenger <strong>digits-t1</strong>" in html

@@ -245,3 +245,91 @@ def test_the_ece_noise_bound_lies_above_the_simulated_floor(m: int, sharpness: f
     floor = ece_noise_floor(confidences, n_sim=4000, level=THRESHOLDS.noise_level, seed=1)
     bound = ece_noise_bound(confidences, THRESHOLDS.gate_alpha)
     assert floor.upper < bound < floor.upper + 0.35
+
+
+def test_a_new_version_is_marked_where_it_starts_serving(store_target: Path | str) -> None:
+    from service.dashboard.page import _version_marks
+
+    rng = np.random.default_rng(9)
+    since = time.time() - 3 * 600.0 - 60
+    log = PredictionLog(store_target, prune_interval=3600, retention_days=None, retention_rows=None)
+    try:
+        for b, version in enumerate(("v-old", "v-old", "v-new")):
+            ids, times, probs = rows_at(rng, 20, since + b * 600.0 + 1, 598.0)
+            records = records_for_batch(ids, "digits", version, True, probs.argmax(1), probs.max(1), probs, None)
+            log.submit(at_times(records, times))
+        assert log.flush(10.0)
+        query = history_query(CARD, "digits", None, since, since + 3 * 600.0, 600.0)
+        buckets = buckets_from_counts(CARD, query, log.history_counts(query), THRESHOLDS)
+    finally:
+        log.close()
+    assert [b.versions for b in buckets] == [{"v-old": 20}, {"v-old": 20}, {"v-new": 20}]
+    (mark,) = _version_marks(buckets)
+    assert mark.x == buckets[2].start and mark.label == "version v-new"
+
+
+def calibrated_bucket(rng: np.random.Generator, n: int, m: int) -> tuple[list, list]:
+    """Predictions whose confidences are drawn from the card's test split and whose labels are right with
+    exactly that probability: a calibrated model on unchanged traffic (the truth every check assumes)."""
+    reference = np.asarray(CARD.reference.confidences)
+    k = CARD.n_classes
+    training = np.asarray(CARD.dataset.class_counts, dtype=float)
+    confidence = rng.choice(reference, size=n)
+    predicted = rng.choice(k, size=n, p=training / training.sum())
+    probs = np.full((n, k), 0.0)
+    probs[:] = ((1.0 - confidence) / (k - 1))[:, None]
+    probs[np.arange(n), predicted] = confidence
+    correct = rng.random(n) < confidence
+    other = (predicted + rng.integers(1, k, size=n)) % k
+    labels = np.where(correct, predicted, other)
+    return probs, labels[:m]
+
+
+def test_clean_buckets_raise_a_status_no_more_often_than_the_false_alarm_rate() -> None:
+    """Each bucket is one evaluation of the live checks, so on calibrated, unshifted traffic at most about
+    ``false_alarm_rate`` (1%) of buckets may show warning or critical. Measured here on 400 simulated buckets."""
+    from service.monitoring.store.base import HistoryCounts
+
+    rng = np.random.default_rng(2026)
+    n_buckets, n, m = 400, 400, 120
+    classes, confidences, labelled = [], [], []
+    h = len(CARD.reference.confidence_histogram)
+    for b in range(n_buckets):
+        probs, labels = calibrated_bucket(rng, n, m)
+        predicted, confidence = probs.argmax(1), probs.max(1)
+        classes += [(b, "v", int(c), int(x)) for c, x in enumerate(np.bincount(predicted, minlength=CARD.n_classes))]
+        bins = np.minimum((confidence * h).astype(int), h - 1)
+        confidences += [(b, int(k), int(np.sum(bins == k)), float(confidence[bins == k].sum())) for k in range(h)]
+        blobs = [row.astype(np.float32).tobytes() for row in probs[:m]]
+        labelled += [(b, blob, CARD.classes[y]) for blob, y in zip(blobs, labels, strict=True)]
+    query = history_query(CARD, "digits", None, 0.0, n_buckets * 600.0, 600.0)
+    buckets = buckets_from_counts(CARD, query, HistoryCounts(classes, confidences, labelled), THRESHOLDS)
+    alarms = sum(b.status in ("warning", "critical") for b in buckets)
+    print(f"false alarms: {alarms} of {n_buckets} clean buckets ({alarms / n_buckets:.2%})")
+    assert all(b.status != "insufficient_data" for b in buckets)
+    assert alarms / n_buckets <= 0.025  # 1% expected; 2.5% leaves room for this sample of 400
+
+
+def test_overconfident_buckets_are_flagged() -> None:
+    """The other side of the false-alarm test: the same traffic, but right 15% less often than its
+    confidence says (overconfident, ECE ~0.14), is flagged in nearly every bucket."""
+    from service.monitoring.store.base import HistoryCounts
+
+    rng = np.random.default_rng(7)
+    labelled, classes, confidences = [], [], []
+    h = len(CARD.reference.confidence_histogram)
+    for b in range(50):
+        probs, _ = calibrated_bucket(rng, 400, 120)
+        predicted, confidence = probs.argmax(1), probs.max(1)
+        correct = rng.random(400) < 0.85 * confidence
+        labels = np.where(correct, predicted, (predicted + 1) % CARD.n_classes)[:120]
+        classes += [(b, "v", int(c), int(x)) for c, x in enumerate(np.bincount(predicted, minlength=CARD.n_classes))]
+        bins = np.minimum((confidence * h).astype(int), h - 1)
+        confidences += [(b, int(k), int(np.sum(bins == k)), float(confidence[bins == k].sum())) for k in range(h)]
+        labelled += [
+            (b, p.astype(np.float32).tobytes(), CARD.classes[y]) for p, y in zip(probs[:120], labels, strict=True)
+        ]
+    query = history_query(CARD, "digits", None, 0.0, 50 * 600.0, 600.0)
+    buckets = buckets_from_counts(CARD, query, HistoryCounts(classes, confidences, labelled), THRESHOLDS)
+    flagged = [b for b in buckets if {c.code: c.status for c in b.checks}["live_ece"] != "ok"]
+    assert len(flagged) >= 45
