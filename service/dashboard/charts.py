@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from service.calibration.metrics import ReliabilityBin
+
 WIDTH, HEIGHT = 640, 220
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 40
 SQUARE = 260  # reliability diagrams and histograms
@@ -211,15 +213,6 @@ def _legend(series: Sequence[Series], x: float, y: float) -> str:
         )
         x += 30 + 7 * len(s.name)
     return "".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class ReliabilityBin:
-    lower: float
-    upper: float
-    count: int
-    mean_confidence: float | None
-    accuracy: float | None
 
 
 def reliability_diagram(chart_id: str, title: str, bins: Sequence[ReliabilityBin]) -> str:

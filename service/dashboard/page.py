@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from service.calibration.metrics import ReliabilityBin
 from service.dashboard.charts import (
     Mark,
     Point,
-    ReliabilityBin,
     Rule,
     Series,
     TimeChart,

@@ -100,6 +100,31 @@ class HistoryQuery:
         return whole and ROLLUP_BINS % self.histogram_bins == 0
 
 
+def rollup_reads(
+    query: HistoryQuery, mark: str
+) -> tuple[tuple[str, tuple[object, ...]], tuple[str, tuple[object, ...]]]:
+    """The two rollup reads of a history (class counts by version; confidence-histogram counts and sums), as
+    (SQL, parameters) with the backend's placeholder ``mark``: the same statements on SQLite and PostgreSQL."""
+    version = "" if query.version is None else f"AND model_version = {mark}"
+    versions: tuple[object, ...] = () if query.version is None else (query.version,)
+    first, last = int(query.since // ROLLUP_SECONDS), int(query.until // ROLLUP_SECONDS)
+    per_bucket = int(query.bucket_seconds // ROLLUP_SECONDS)
+    where = f"model = {mark} {version} AND hour >= {mark} AND hour < {mark} AND kind = {mark}"
+    bucket = f"(hour - {mark}) / {mark}"
+    classes = (
+        f"SELECT {bucket} AS b, model_version, key, SUM(n) FROM prediction_rollup WHERE {where} "
+        "GROUP BY b, model_version, key",
+        (first, per_bucket, query.model, *versions, first, last, ROLLUP_CLASS),
+    )
+    confidences = (
+        f"SELECT {bucket} AS b, key / {mark} AS k, SUM(n), SUM(confidence_sum) FROM prediction_rollup "
+        f"WHERE {where} GROUP BY b, k",
+        (first, per_bucket, ROLLUP_BINS // query.histogram_bins, query.model, *versions, first, last,
+         ROLLUP_CONFIDENCE),
+    )  # fmt: skip
+    return classes, confidences
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryCounts:
     """The database's aggregates for a history (the calibration maths turns them into figures):

@@ -32,6 +32,7 @@ from service.monitoring.store.base import (
     Store,
     StoreFailure,
     describe,
+    rollup_reads,
 )
 
 logger = logging.getLogger("calibserve.log")
@@ -473,23 +474,8 @@ class SQLiteStore(Store):
         return HistoryCounts(classes, confidences, labelled)  # type: ignore[arg-type]
 
     def _rollup_counts(self, query: HistoryQuery) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-        version = "" if query.version is None else "AND model_version = ?"
-        versions: tuple[object, ...] = () if query.version is None else (query.version,)
-        first, last = int(query.since // ROLLUP_SECONDS), int(query.until // ROLLUP_SECONDS)
-        per_bucket = int(query.bucket_seconds // ROLLUP_SECONDS)
-        where = f"model = ? {version} AND hour >= ? AND hour < ? AND kind = ?"
-        classes = self._read(
-            f"SELECT (hour - ?) / ? AS b, model_version, key, SUM(n) FROM prediction_rollup WHERE {where} "
-            "GROUP BY b, model_version, key",
-            (first, per_bucket, query.model, *versions, first, last, ROLLUP_CLASS),
-        )
-        confidences = self._read(
-            f"SELECT (hour - ?) / ? AS b, key / ? AS k, SUM(n), SUM(confidence_sum) FROM prediction_rollup "
-            f"WHERE {where} GROUP BY b, k",
-            (first, per_bucket, ROLLUP_BINS // query.histogram_bins, query.model, *versions, first, last,
-             ROLLUP_CONFIDENCE),
-        )  # fmt: skip
-        return classes, confidences
+        (classes, class_parameters), (confidences, confidence_parameters) = rollup_reads(query, "?")
+        return self._read(classes, class_parameters), self._read(confidences, confidence_parameters)
 
     def first_prediction_time(self, model: str, since: float) -> float | None:
         rows = self._read(
