@@ -176,6 +176,9 @@ def test_installed_wheel_serves_its_bundled_model_from_any_directory(tmp_path: P
         answer = json.loads(body)
         assert answer["predictions"][0]["label"] == "0"
         assert answer["model"]["name"] == "digits"
+        # the dashboard's script and stylesheet are package data of the wheel, not files of the checkout
+        for path in ("/dashboard", "/dashboard/static/dashboard.js", "/dashboard/static/dashboard.css"):
+            assert _request(base + path)[0] == 200, path
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=20) == 0, log_path.read_text()
     finally:
