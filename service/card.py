@@ -69,7 +69,7 @@ class EvaluationMetrics(_Frozen):
 class TemperatureInfo(_Frozen):
     value: float = Field(gt=0)
     log_value: float
-    fitted_on: Literal["calibration"] = "calibration"
+    fitted_on: Literal["calibration", "live_labels"] = "calibration"
     n: int
     nll_before: float
     nll_after: float
@@ -160,6 +160,26 @@ class SourceInfo(_Frozen):
     label_smoothing: float | None = Field(description="label smoothing declared at calibrate time; None: unknown")
 
 
+class RecalibrationInfo(_Frozen):
+    """What a recalibrated version is (calibserve's closed loop): the same graph as ``from_version`` with a new
+    temperature, refitted on live labels. The older labels fitted it, the newer ones checked it: ``check_*``
+    are measured on labels the fit never saw, at the served and at the new temperature."""
+
+    from_version: str
+    served_temperature: float = Field(gt=0)
+    factor: float = Field(gt=0, description="new temperature / served temperature, fitted on log probabilities")
+    n_fit: int
+    n_check: int
+    fit_from: datetime
+    fit_until: datetime
+    check_from: datetime
+    check_until: datetime
+    fit_nll_before: float
+    fit_nll_after: float
+    check_before: SplitMetrics
+    check_after: SplitMetrics
+
+
 class IOInfo(_Frozen):
     """The model's single input and its outputs.
 
@@ -194,6 +214,7 @@ class CalibrationCard(_Frozen):
     dataset: DatasetInfo
     training: TrainingConfigInfo | None = None
     source: SourceInfo | None = None
+    recalibration: RecalibrationInfo | None = None
     temperature: TemperatureInfo
     test: EvaluationMetrics
     conformal: tuple[ConformalSummary, ...]

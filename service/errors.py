@@ -67,6 +67,11 @@ class StoreUnavailable(ServiceError):
     ``details["retry_after"]`` is sent as ``Retry-After``."""
 
 
+class Conflict(ServiceError):
+    """The request cannot run in the state things are in now (e.g. a recalibration of the model is already in
+    flight); the message says what stands in the way (409)."""
+
+
 class FeatureOff(ServiceError):
     """What was asked for is switched off in this deployment (the dashboard, or the prediction log behind a
     history); the message names the setting (404: there is nothing at that address here)."""

@@ -20,7 +20,7 @@ from service.api.errors import install_error_handlers
 from service.api.middleware import AdmissionGate, BodyGuard, RequestContext
 from service.api.openapi import install_model_openapi
 from service.api.parsing import NPY_MEDIA_TYPE
-from service.api.routes import feedback, health, history, models, predict, v2
+from service.api.routes import feedback, health, history, models, predict, recalibration, v2
 from service.api.routes.dashboard import install_dashboard
 from service.api.routes.docs import install_docs
 from service.api.shortcut import HotRoutes
@@ -29,6 +29,7 @@ from service.inference.engine import InferenceEngine
 from service.logs import configure_logging
 from service.monitoring.history import LabelledCache
 from service.monitoring.requests import RequestMetrics
+from service.recalibration import Recalibrator
 from service.repository import ModelRepository
 from service.settings import Settings
 
@@ -67,12 +68,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await repository.close()
             raise
         app.state.repository = repository
+        recalibrator = Recalibrator(repository, settings)
+        recalibrator.start()
+        app.state.recalibrator = recalibrator
         app.openapi_schema = None  # describe the models now loaded
         tune_garbage_collector()
         try:
             yield
         finally:
             app.state.repository = None
+            await recalibrator.close()
             await repository.close()  # answers what is queued, then commits every acknowledged prediction
 
     app = FastAPI(
@@ -94,7 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost: ids on every answer; requests counted and timed whatever answered them.
     app.add_middleware(RequestContext, metrics=RequestMetrics())
     app.state.history_cache = LabelledCache()
-    for module in (predict, feedback, models, health, history, v2):
+    app.state.recalibrator = None
+    for module in (predict, feedback, models, health, history, recalibration, v2):
         app.include_router(module.router)
     install_docs(app)
     install_dashboard(app)

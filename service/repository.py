@@ -384,6 +384,13 @@ class ModelRepository:
             logger.info("model %s: unloaded", name)
             return entry.status()
 
+    async def remove(self, name: str) -> None:
+        """Unload ``name`` and forget it (a recalibration's challenger, once decided): it leaves the index."""
+        if name in self._entries:
+            await self.unload(name)
+            self._entries.pop(name, None)
+            self._changed()
+
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()

@@ -172,6 +172,20 @@ class Settings(BaseSettings):
         description="live checks: chance per evaluation that clean traffic raises the status; split equally across "
         "the six live checks, each of which must also exceed its own sampling-noise gate at that level",
     )
+    recalibration: Literal["off", "propose", "auto"] = Field(
+        "off",
+        description="closed-loop recalibration when the live label checks say warning or critical: off; propose "
+        "(refit the temperature, shadow the new version, promote by hand); auto (promote it once proven)",
+    )
+    recalibration_interval_seconds: float = Field(30.0, gt=0, description="how often the recalibration policy looks")
+    recalibration_min_labels: int = Field(200, ge=10, description="never refit on fewer labels of the serving version")
+    recalibration_min_per_class: int = Field(3, ge=1, description="... nor on fewer of any class that was labelled")
+    recalibration_min_new_labels: int = Field(
+        200, ge=10, description="labelled requests both versions scored before a recalibrated version is judged"
+    )
+    recalibration_check_fraction: float = Field(
+        0.3, gt=0, lt=1, description="the newest share of the labels, held out to check the refit"
+    )
     dashboard: bool = Field(True, description="serve the read-only calibration dashboard at /dashboard")
     dashboard_refresh_seconds: int = Field(
         30, ge=2, le=3600, description="how often an open dashboard refreshes itself (paused while the tab is hidden)"

@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from service.errors import (
     ArtifactError,
     ConfigurationError,
+    Conflict,
     FeatureOff,
     InvalidInput,
     MalformedRequest,
@@ -70,6 +71,7 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     Unauthorized: 401,
     ModelNotFound: 404,
     FeatureOff: 404,
+    Conflict: 409,
     ModelLoadFailed: 400,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,

@@ -505,14 +505,23 @@ class PredictionLog:
         """The most recently labelled predictions of this model version: probabilities [n, K], labels [n] as
         indices into ``classes`` (a label that is not one of them is not this model's to judge: left out,
         before the limit, so other models' labels never crowd this model's out of its window)."""
+        probs, labels, _ = self.labelled_with_times(model, model_version, classes, limit, since)
+        return probs, labels
+
+    def labelled_with_times(
+        self, model: str, model_version: str, classes: Sequence[str], limit: int | None, since: float | None
+    ) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
+        """``labelled_window`` and each label's time (Unix seconds), newest first: a recalibration splits its
+        labels by time."""
         try:
             rows = self.store.labelled_window(model, model_version, classes, limit, since)
         except StoreFailure as exc:
             raise self._unavailable(exc) from exc
         index = {name: i for i, name in enumerate(classes)}
-        kept = [(blob, index[str(label)]) for blob, label in rows if label in index]
-        probs = stack_probabilities([blob for blob, _ in kept], len(classes))
-        return probs, np.asarray([label for _, label in kept], dtype=np.int64)
+        kept = [(blob, index[str(label)], float(ts)) for blob, label, ts in rows if label in index]
+        probs = stack_probabilities([blob for blob, _, _ in kept], len(classes))
+        labels = np.asarray([label for _, label, _ in kept], dtype=np.int64)
+        return probs, labels, np.asarray([ts for _, _, ts in kept], dtype=np.float64)
 
     def recent_predictions(
         self, model: str, model_version: str, n_classes: int, limit: int | None, since: float | None

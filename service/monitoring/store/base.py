@@ -183,9 +183,9 @@ class Store(ABC):
     @abstractmethod
     def labelled_window(
         self, model: str, model_version: str, classes: Sequence[str], limit: int | None, since: float | None
-    ) -> list[tuple[bytes, str]]:
-        """(probabilities, label) of the most recently labelled predictions of this model version, newest
-        label first, labels among ``classes`` only (filtered before the limit)."""
+    ) -> list[tuple[bytes, str, float]]:
+        """(probabilities, label, label time) of the most recently labelled predictions of this model version,
+        newest label first, labels among ``classes`` only (filtered before the limit)."""
 
     @abstractmethod
     def recent_predictions(self, model: str, model_version: str, limit: int | None, since: float | None) -> list[bytes]:

@@ -334,14 +334,14 @@ class PostgresStore(Store):
 
     def labelled_window(
         self, model: str, model_version: str, classes: Sequence[str], limit: int | None, since: float | None
-    ) -> list[tuple[bytes, str]]:
+    ) -> list[tuple[bytes, str, float]]:
         query = (
-            "SELECT p.probabilities, f.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
+            "SELECT p.probabilities, f.label, f.ts FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
             "AND p.model = %s WHERE p.model_version = %s AND f.ts >= %s AND f.label = ANY(%s) "
             "ORDER BY f.ts DESC LIMIT %s"
         )
         rows = self._read(query, (model, model_version, since or 0.0, list(classes), limit))
-        return [(bytes(blob), str(label)) for blob, label in rows]
+        return [(bytes(blob), str(label), float(ts)) for blob, label, ts in rows]
 
     def recent_predictions(self, model: str, model_version: str, limit: int | None, since: float | None) -> list[bytes]:
         query = (

@@ -409,11 +409,11 @@ class SQLiteStore(Store):
 
     def labelled_window(
         self, model: str, model_version: str, classes: Sequence[str], limit: int | None, since: float | None
-    ) -> list[tuple[bytes, str]]:
+    ) -> list[tuple[bytes, str, float]]:
         """A pending label joins here once its prediction has landed, and only then: the inner join counts
         each (prediction, label) pair once, as ``prediction_id`` is the feedback table's key."""
         query = (
-            "SELECT p.probabilities, f.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
+            "SELECT p.probabilities, f.label, f.ts FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
             f"AND p.model = ? WHERE p.model_version = ? AND f.ts >= ? AND f.label IN ({_marks(classes)}) "
             "ORDER BY f.ts DESC LIMIT ?"
         )
