@@ -183,7 +183,7 @@ class Recalibrator:
             return await self._recalibrate(name, trigger)
 
     async def _recalibrate(self, name: str, trigger: str) -> Decision:
-        from service.training import recalibrate as fit  # onnx: only a recalibration loads it
+        from service.training import recalibrate as fit
 
         served = self.repository.resolve(name)
         card, settings, log = served.engine.card, self.settings, self.repository.log

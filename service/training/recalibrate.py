@@ -6,15 +6,15 @@ brought; a scale on ``log p`` is a new temperature for ``z``
 (:func:`service.calibration.temperature.refit_from_probabilities`, which bounds what float32 storage costs).
 
 The labels are split by label time: the older ``1 - check_fraction`` fit the factor, the newer ones check it,
-so the check is honest about the future. The new artifact is the served graph with a new
-``probabilities = softmax(logits / T_new)`` on its own uncalibrated ``logits`` output (the old one stays in
-the graph, unused), and a card that says what it is (:class:`service.card.RecalibrationInfo`); its test
+so the check is honest about the future. The new artifact is the served graph with only its temperature
+replaced (``probabilities = softmax(logits / T_new)``), and a card that says what it is
+(:class:`service.card.RecalibrationInfo`); its test
 figures, reference distribution, conformal thresholds and selective table are measured on the live labels
 (conformal thresholds fitted on the fit part, checked on the check part). The argmax cannot change (a positive
 temperature keeps it): asserted on every labelled row.
 
-Needs the ``onnx`` package (the ``calibrate`` extra, in the image): imported here only, never by the serving
-path until a recalibration runs.
+Runs in the server: numpy and onnxruntime only (no torch, no ``onnx`` package: the temperature is replaced at
+the protobuf wire level, ``service.inference.wire``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from service import card as c
 from service.calibration.reference import selective_prediction_table
 from service.calibration.temperature import logits_from_probabilities, refit_from_probabilities, softmax
 from service.errors import ArtifactError, DataError
+from service.inference import wire
 from service.training.evaluate import conformal_summaries, reference_distribution, split_metrics
 
 SEED = 0
@@ -157,24 +158,13 @@ def recalibrated_card(card: c.CalibrationCard, live: LiveLabels, found: Refit, v
 def build_artifact(
     model_bytes: bytes, card: c.CalibrationCard, live: LiveLabels, found: Refit
 ) -> tuple[bytes, c.CalibrationCard]:
-    """The new model (card embedded) and its card; verified against the served graph on a probe input."""
-    import onnx  # the calibrate extra: only a recalibration needs it
-
-    from service.training.calibrate import ModelSignature, append_temperature
-    from service.training.files import embed_card
-
-    model = onnx.load_from_string(model_bytes)
-    signature = ModelSignature(
-        input_name=card.io.input,
-        input_dtype=card.io.input_dtype,
-        input_shape=card.io.input_shape or (-1, card.io.n_features),
-        output_name=c.LOGITS_OUTPUT,
-        n_classes=card.n_classes,
-    )
-    bare = append_temperature(model, signature, "logits", found.temperature, card.n_classes)
-    bare_bytes = bytes(bare.SerializeToString(deterministic=True))
-    new_card = recalibrated_card(card, live, found, c.model_digest(bare_bytes))
-    new_bytes = embed_card(bare_bytes, new_card)
+    """The new model (card embedded) and its card: the served graph with only its temperature replaced
+    (``service.inference.wire``: no ``onnx`` package), verified against the served graph on a probe input."""
+    if not math.isclose(wire.served_temperature(model_bytes), card.temperature.value, rel_tol=1e-5):
+        raise ArtifactError("the graph's temperature is not the one its card states")
+    bare = wire.with_temperature(model_bytes, found.temperature)
+    new_card = recalibrated_card(card, live, found, c.model_digest(bare))
+    new_bytes = wire.with_card(bare, new_card.to_json())
     if c.model_digest(new_bytes) != new_card.version:
         raise ArtifactError("embedding the card changed the graph digest; refusing the recalibrated artifact")
     _verify(model_bytes, new_bytes, card, found.temperature)
