@@ -6,9 +6,9 @@ or reject it, and roll back on request. Every decision is recorded with its evid
 2. **Fit** (``service/training/recalibrate.py``): the live window's labels of the version serving now, split by
    label time (older fit, newer check), one factor on the served temperature. Guardrails: at least
    ``CALIBSERVE_RECALIBRATION_MIN_LABELS`` labels and ``CALIBSERVE_RECALIBRATION_MIN_PER_CLASS`` of every class
-   seen; a refit that leaves the check split's ECE at or above the warning threshold is rejected (temperature
-   cannot repair that drift: the ranking itself changed), and so is one where the live accuracy drop is
-   critical (a temperature cannot change accuracy).
+   seen; a refit whose check split still shows an ECE interval wholly above the warning threshold is rejected
+   (temperature cannot repair that drift: the ranking itself changed), and so is one where the live accuracy
+   drop is critical (a temperature cannot change accuracy).
 3. **Build**: a new artifact version of the same graph, its card saying what it is, loaded through the same
    verification as any artifact, as the challenger ``<name>.recalibrated``.
 4. **Prove**: it shadows the model: the same requests, scored by both, compared when labels arrive.
@@ -34,6 +34,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from service.errors import Conflict, ModelNotFound, ServiceError
 from service.monitoring.comparison import compare_shadow
@@ -140,20 +142,23 @@ class Recalibrator:
                     logger.warning("recalibration of %s not started: %s", name, exc.message)
 
     def _needs_recalibration(self, name: str) -> bool:
-        """The live label checks say warning or critical, and the last refusal or rejection of this version is
-        not the reason (it would be refused again on the same labels until more arrive)."""
+        """The live ECE check says warning or critical, and if this version's last attempt was refused or
+        rejected, half a live window of labels has arrived since (the same labels would be refused again; a
+        window that mixed labels from before and after a drift has by then moved on)."""
         served = self.repository.resolve(name)
         health = served.monitor.health()
-        label_checks = [r for r in health.reasons if r.code in ("live_ece", "live_accuracy_drop")]
-        if not any(r.status in ("warning", "critical") for r in label_checks if r.code == "live_ece"):
+        if not any(r.code == "live_ece" and r.status in ("warning", "critical") for r in health.reasons):
             return False
         recent = [d for d in self.decisions.read(name) if d["from_version"] == served.version]
-        if recent and recent[-1]["kind"] in ("refused", "rejection"):
-            labelled = (health.live or {}).get("labelled")
-            now = int(labelled.get("n", 0)) if isinstance(labelled, dict) else 0
-            was = int(recent[-1]["evidence"].get("n_labels", 0))
-            return now >= 2 * max(was, 1)  # try again once the labels have doubled
-        return True
+        if not recent or recent[-1]["kind"] not in ("refused", "rejection"):
+            return True
+        newest = float(recent[-1]["evidence"].get("newest_label", 0.0))
+        log = self.repository.log
+        assert log is not None
+        _, _, times = log.labelled_with_times(
+            name, served.version, served.engine.card.classes, self.settings.window_labels, self._since()
+        )
+        return int(np.sum(times > newest)) >= max(1, self.settings.window_labels // 2)
 
     def _since(self) -> float | None:
         """The live window's time limit: the refit sees the labels the alarm was raised on."""
@@ -192,7 +197,7 @@ class Recalibrator:
             log.labelled_with_times, name, served.version, card.classes, settings.window_labels, self._since()
         )
         live = fit.live_labels(probs, labels, times)
-        base = {"n_labels": int(live.labels.size)}
+        base = {"n_labels": int(live.labels.size), "newest_label": float(live.times.max()) if live.times.size else 0.0}
         why = fit.check_enough(
             live, card.n_classes, settings.recalibration_min_labels, settings.recalibration_min_per_class
         )
@@ -206,10 +211,11 @@ class Recalibrator:
         found = await asyncio.to_thread(fit.refit, card, live, settings.recalibration_check_fraction)
         evidence = base | _refit_evidence(found)
         after = found.check_after.ece
-        if after.value >= settings.ece_warning:
+        if after.lower >= settings.ece_warning:  # the interval for the true ECE lies above the warning threshold
             reason = (
                 f"the refit (T {found.served_temperature:.4g} -> {found.temperature:.4g}) leaves the check split's "
-                f"ECE at {after.value:.3f} (>= warning {settings.ece_warning:g}): temperature cannot repair this drift"
+                f"ECE at {after.value:.3f}, its interval [{after.lower:.3f}, {after.upper:.3f}] above the warning "
+                f"threshold {settings.ece_warning:g}: temperature cannot repair this drift"
             )
             return self._record(name, "rejection", trigger, served.version, None, reason, evidence)
         model_bytes = await asyncio.to_thread(served.path.read_bytes) if served.path.is_file() else None

@@ -100,6 +100,7 @@ def content(view: DashboardView) -> str:
             _history(view),
             _diagrams(view),
             _shadow(view),
+            _recalibrations(view),
         ]
     )
 
@@ -134,6 +135,34 @@ def _version_marks(buckets: Sequence[HistoryBucket]) -> list[Mark]:
             marks.append(Mark(bucket.start, "version " + ", ".join(v[:8] for v in new)))
         seen.update(bucket.versions)
     return marks
+
+
+RECALIBRATION_WORDS = {"fit": "refit", "promotion": "promoted", "rejection": "rejected", "rollback": "rolled back"}
+
+
+def _recalibration_marks(view: DashboardView, since: float, until: float) -> list[Mark]:
+    """The closed loop's steps on the time axis: refit (and shadow), promotion, rejection, rollback."""
+    marks = []
+    for decision in view.recalibrations:
+        at, kind = float(str(decision["at"])), str(decision["kind"])
+        if kind in RECALIBRATION_WORDS and since <= at <= until:
+            marks.append(Mark(at, RECALIBRATION_WORDS[kind]))
+    return marks
+
+
+def _recalibrations(view: DashboardView) -> str:
+    if not view.recalibrations:
+        return ""
+    rows = "".join(
+        f'<tr data-kind="{_e(d["kind"])}"><td>{_e(_utc(float(str(d["at"]))))}</td><td>{_e(d["kind"])}</td>'
+        f"<td>{_e(d['trigger'])}</td><td>{_e(d['reason'])}</td></tr>"
+        for d in view.recalibrations
+    )
+    head = "".join(f'<th scope="col">{h}</th>' for h in ("when", "step", "trigger", "why"))
+    return (
+        '<section id="recalibrations" aria-labelledby="recalibrations-heading"><h2 id="recalibrations-heading">'
+        f"Recalibrations</h2><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></section>"
+    )
 
 
 def breaking_point(buckets: Sequence[HistoryBucket]) -> str:
@@ -179,7 +208,7 @@ def _history(view: DashboardView) -> str:
         "a window)</span></h2>",
         breaking_point(buckets),
     ]
-    marks = _version_marks(buckets)
+    marks = _version_marks(buckets) + _recalibration_marks(view, history.since, history.until)
     mid = [b.start + (b.end - b.start) / 2 for b in buckets]
     reference = view.card.test.after_temperature
 

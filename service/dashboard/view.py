@@ -16,6 +16,7 @@ from service.monitoring.comparison import ShadowComparison, compare_shadow
 from service.monitoring.health import Reason
 from service.monitoring.history import History, LabelledCache, calibration_history
 from service.monitoring.live import LiveThresholds
+from service.recalibration import Recalibrator
 from service.repository import ModelRepository
 
 # Range -> (length, bucket) in seconds: ~60-170 buckets each; from 7 days up the buckets are whole hours (rollup).
@@ -45,6 +46,7 @@ class DashboardView:
     history_error: str | None  # the store could not be read now
     shadow: ShadowComparison | None
     shadow_error: str | None
+    recalibrations: tuple[dict[str, object], ...]  # the closed loop's decisions for this model, oldest first
     generated: float
 
 
@@ -61,7 +63,13 @@ def choose_range(range_key: str, oldest: float | None, now: float) -> str:
     return next((key for key, (length, _) in RANGES.items() if length >= span), "30d")
 
 
-def build_view(repository: ModelRepository, name: str | None, range_key: str, cache: LabelledCache) -> DashboardView:
+def build_view(
+    repository: ModelRepository,
+    name: str | None,
+    range_key: str,
+    cache: LabelledCache,
+    recalibrator: Recalibrator | None = None,
+) -> DashboardView:
     """Everything one page shows of model ``name`` (None: the default model), read now. Blocking: run it in a
     thread. ``ModelNotFound`` for an unknown model, ``InvalidInput`` for an unknown range."""
     served = repository.resolve(name)
@@ -100,6 +108,7 @@ def build_view(repository: ModelRepository, name: str | None, range_key: str, ca
         history_error=history_error,
         shadow=shadow,
         shadow_error=shadow_error,
+        recalibrations=tuple(recalibrator.decisions.read(served.name)) if recalibrator is not None else (),
         generated=now,
     )
 

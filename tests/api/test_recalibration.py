@@ -101,6 +101,9 @@ def test_repairable_drift_is_fitted_shadowed_promoted_and_calibrated_again(tmp_p
         history = client.get("/v1/models/digits/calibration/history", params={"bucket": "1d"}).json()
         answered = {version for bucket in history["buckets"] for version in bucket["versions"]}
         assert {original, card.version} <= answered
+        page = client.get("/dashboard/digits").text  # the dashboard shows the same timeline
+        assert all(f'data-kind="{kind}"' in page for kind in ("fit", "proposal", "promotion", "rollback"))
+        assert ">promoted</text>" in page and ">refit</text>" in page
 
 
 def test_drift_a_temperature_cannot_repair_is_rejected_and_health_says_why(tmp_path: Path) -> None:

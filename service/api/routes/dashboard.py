@@ -34,7 +34,8 @@ async def _render(request: Request, model: str | None, range_key: str, whole: bo
     if not settings.dashboard:
         raise FeatureOff("the dashboard is off (CALIBSERVE_DASHBOARD=false)")
     repository = get_repository(request)
-    view = await asyncio.to_thread(build_view, repository, model, range_key, request.app.state.history_cache)
+    state = request.app.state
+    view = await asyncio.to_thread(build_view, repository, model, range_key, state.history_cache, state.recalibrator)
     body = page.page(view, settings.dashboard_refresh_seconds) if whole else page.content(view)
     return HTMLResponse(body, headers=HEADERS)
 
