@@ -69,7 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.repository = repository
         recalibrator = Recalibrator(repository, settings)
-        recalibrator.start()
+        try:
+            await recalibrator.start()
+        except BaseException:
+            await repository.close()
+            raise
         app.state.recalibrator = recalibrator
         app.openapi_schema = None  # describe the models now loaded
         tune_garbage_collector()

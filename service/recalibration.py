@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.errors import Conflict, ModelNotFound, ServiceError
+from service.errors import ConfigurationError, Conflict, ModelNotFound, ServiceError
 from service.monitoring.comparison import compare_shadow
 from service.repository import ModelRepository
 from service.settings import Settings
@@ -111,9 +111,47 @@ class Recalibrator:
         self._task: asyncio.Task[None] | None = None
 
     # -- the policy ------------------------------------------------------------------------------------
-    def start(self) -> None:
+    def unsupported(self) -> str | None:
+        """Why this server cannot recalibrate (None: it can): the loop's state lives in one process."""
+        if self.settings.repository_poll_seconds is not None:
+            return (
+                "recalibration cannot run with CALIBSERVE_REPOSITORY_POLL_SECONDS: the poll would replace a "
+                "promoted version with the repository's file"
+            )
+        if self.settings.workers > 1:
+            return "recalibration needs CALIBSERVE_WORKERS=1: each worker would refit and promote on its own"
+        return None
+
+    async def start(self) -> None:
+        """Restore promotions that outlived a restart, then start the policy (if on). A policy that cannot run
+        here is a configuration error at start-up, not a silent no-op."""
+        if self.settings.recalibration != "off":
+            why = self.unsupported()
+            if why is not None:
+                raise ConfigurationError(f"CALIBSERVE_RECALIBRATION={self.settings.recalibration}: {why}")
+        if self.unsupported() is None:
+            await self._restore()
         if self.settings.recalibration != "off":
             self._task = asyncio.create_task(self._policy(self.settings.recalibration_interval_seconds))
+
+    async def _restore(self) -> None:
+        """A promoted version serves again after a restart: the model's last promotion (not rolled back since)
+        whose artifact is still there and whose original is the version loaded now."""
+        for served in list(self.repository.serving()):
+            steps = [d for d in self.decisions.read(served.name) if d["kind"] in ("promotion", "rollback")]
+            if not steps or steps[-1]["kind"] != "promotion" or steps[-1]["from_version"] != served.version:
+                continue
+            promoted = steps[-1]
+            directory = self.root / served.name / str(promoted["to_version"])[:16]
+            if not (directory / "model.onnx").is_file():
+                logger.warning(
+                    "recalibration of %s: promoted artifact %s is gone; serving the original", served.name, directory
+                )
+                continue
+            original = (served.path, served.version)
+            await self.repository.load(served.name, directory)
+            self.previous[served.name] = original
+            logger.info("recalibration of %s: restored promoted version %s", served.name, promoted["to_version"][:12])
 
     async def close(self) -> None:
         if self._task is not None:
@@ -178,11 +216,9 @@ class Recalibrator:
                 raise Conflict(f"{name!r} is itself a recalibration challenger", {"model": name})
             if self.repository.log is None:
                 raise Conflict("prediction logging is off (CALIBSERVE_LOG_PREDICTIONS=false): no labels to fit on")
-            if self.settings.repository_poll_seconds is not None:
-                raise Conflict(
-                    "recalibration cannot run with CALIBSERVE_REPOSITORY_POLL_SECONDS: the poll would replace a "
-                    "promoted version with the repository's file"
-                )
+            why = self.unsupported()
+            if why is not None:
+                raise Conflict(why)
             if name in self.proposals:
                 await self._drop_proposal(name)
             return await self._recalibrate(name, trigger)

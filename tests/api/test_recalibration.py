@@ -178,3 +178,33 @@ def test_rollback_under_load_fails_no_request(tmp_path: Path) -> None:
         codes, rolled = client.run(load_and_roll_back)
         assert rolled == 200 and set(codes) == {200} and len(codes) == 120
         assert decisions(client)[-1]["kind"] == "rollback"
+
+
+def test_a_promotion_outlives_a_restart_and_a_rollback_too(tmp_path: Path) -> None:
+    features, labels = digits()
+    settings = recalibrating(tmp_path, recalibration="propose")
+    with serve(settings) as client:
+        original = reasons(client)["_"]["model"]["version"]
+        traffic(client, features[:600] * FAINT, labels[:600])
+        assert client.post("/v1/models/digits/recalibrate", headers=AUTH).json()["kind"] == "proposal"
+        promoted = client.post("/v1/models/digits/recalibrations/promote", headers=AUTH).json()["to_version"]
+    with serve(settings) as client:  # the same data directory: the promoted version serves again
+        assert reasons(client)["_"]["model"]["version"] == promoted != original
+        assert client.get("/v1/models/digits/recalibrations").json()["can_roll_back_to"] == original
+        assert client.post("/v1/models/digits/rollback", headers=AUTH).status_code == 200
+    with serve(settings) as client:  # and after the rollback, the original
+        assert reasons(client)["_"]["model"]["version"] == original
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"repository_poll_seconds": 5.0}, "CALIBSERVE_REPOSITORY_POLL_SECONDS"),
+        ({"workers": 2}, "CALIBSERVE_WORKERS=1"),
+    ],
+)
+def test_a_policy_that_cannot_run_here_stops_the_start(tmp_path: Path, overrides: dict[str, Any], words: str) -> None:
+    from service.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=words), serve(recalibrating(tmp_path, **overrides)):
+        pass
