@@ -12,10 +12,11 @@ or reject it, and roll back on request. Every decision is recorded with its evid
 3. **Build**: a new artifact version of the same graph, its card saying what it is, loaded through the same
    verification as any artifact, as the challenger ``<name>.recalibrated``.
 4. **Prove**: it shadows the model: the same requests, scored by both, compared when labels arrive.
-5. **Decide**: once ``CALIBSERVE_RECALIBRATION_MIN_NEW_LABELS`` labelled requests were scored by both: the
-   challenger's NLL better with its paired interval excluding zero and its answers' classes identical →
-   promoted (``auto``) or kept as a proposal to promote by hand (``propose``, or ``POST .../promote``); its
-   NLL worse with the interval excluding zero → rejected and unloaded.
+5. **Decide**, once, when ``CALIBSERVE_RECALIBRATION_MIN_NEW_LABELS`` labelled requests were scored by both:
+   the challenger's NLL better with its paired 95% interval excluding zero and its answers' classes identical
+   → promoted (``auto``); worse with the interval excluding zero → rejected and unloaded; otherwise (or with
+   ``propose``) kept in shadow for an operator (``POST .../promote``). One look, not a look per policy pass:
+   repeated looks would promote an equally good challenger sooner or later.
 6. **Rollback**: ``POST .../rollback`` loads the version that served before the last promotion, at once.
 
 One recalibration per model at a time (a lock; a second is told so); the fit and the build run in a thread,
@@ -73,6 +74,7 @@ class Proposal:
     from_version: str
     from_path: Path
     started: float
+    judged: bool = False  # decided once (kept for an operator): never judged again automatically
 
 
 class DecisionLog:
@@ -284,7 +286,7 @@ class Recalibrator:
     async def decide(self, name: str, trigger: str = "policy") -> Decision | None:
         """Judge the proposal in shadow: promote (auto), keep waiting, or reject. None while the evidence is short."""
         proposal = self.proposals.get(name)
-        if proposal is None:
+        if proposal is None or proposal.judged:
             return None
         champion, challenger = self.repository.resolve(name), self.repository.resolve(proposal.challenger)
         scorer = self.repository.shadow_of(name)
@@ -323,7 +325,17 @@ class Recalibrator:
             )  # fmt: skip
         if nll.upper < 0.0 and self.settings.recalibration == "auto":
             return await self._promote(name, trigger, evidence)
-        return None
+        # One look: judged once, at the first MIN_NEW_LABELS, so the test's error rate is its own (looking again
+        # and again until the interval happens to exclude 0 would promote an equal challenger sooner or later).
+        proposal.judged = True
+        words = "better" if nll.upper < 0.0 else "not significantly different"
+        return self._record(
+            name, "proposal", trigger, proposal.from_version, proposal.version,
+            f"judged on {paired.n} labelled requests: NLL {words} ({nll.value:+.4f} [{nll.lower:+.4f}, "
+            f"{nll.upper:+.4f}]); kept in shadow for an operator to promote (POST .../recalibrations/promote) or "
+            "replace (POST .../recalibrate)",
+            evidence,
+        )  # fmt: skip
 
     async def promote(self, name: str) -> Decision:
         """Promote the proposal now (an operator's decision; evidence as it stands)."""

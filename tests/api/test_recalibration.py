@@ -208,3 +208,19 @@ def test_a_policy_that_cannot_run_here_stops_the_start(tmp_path: Path, overrides
 
     with pytest.raises(ConfigurationError, match=words), serve(recalibrating(tmp_path, **overrides)):
         pass
+
+
+def test_the_promotion_rule_promotes_an_equally_good_challenger_rarely() -> None:
+    """The one-look rule (paired 95% NLL interval wholly below 0) on challengers exactly as good as their
+    champion (exchangeable noise on the same logits): measured 2.5% of 400 at n = 200 (nominal: 2.5%)."""
+    from service.calibration.paired import compare_paired
+    from service.calibration.temperature import softmax
+
+    rng = np.random.default_rng(0)
+    promoted = 0
+    for _ in range(400):
+        z = rng.normal(0, 3, size=(200, 10))
+        y = np.array([rng.choice(10, p=p) for p in softmax(z, 1.0)])
+        champion, challenger = (softmax(z + rng.normal(0, 1, z.shape), 1.0) for _ in range(2))
+        promoted += compare_paired(champion, challenger, y).nll.difference.upper < 0
+    assert promoted / 400 <= 0.05
