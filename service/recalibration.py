@@ -6,17 +6,18 @@ or reject it, and roll back on request. Every decision is recorded with its evid
 2. **Fit** (``service/training/recalibrate.py``): the live window's labels of the version serving now, split by
    label time (older fit, newer check), one factor on the served temperature. Guardrails: at least
    ``CALIBSERVE_RECALIBRATION_MIN_LABELS`` labels and ``CALIBSERVE_RECALIBRATION_MIN_PER_CLASS`` of every class
-   seen; a refit whose check split still shows an ECE interval wholly above the warning threshold is rejected
+   seen; no fit while the older (fit) part of the window is still calibrated as served (the drift is younger
+   than it); a refit whose check split still shows an ECE interval wholly above the warning threshold is rejected
    (temperature cannot repair that drift: the ranking itself changed), and so is one where the live accuracy
    drop is critical (a temperature cannot change accuracy).
 3. **Build**: a new artifact version of the same graph, its card saying what it is, loaded through the same
    verification as any artifact, as the challenger ``<name>.recalibrated``.
 4. **Prove**: it shadows the model: the same requests, scored by both, compared when labels arrive.
-5. **Decide**, once, when ``CALIBSERVE_RECALIBRATION_MIN_NEW_LABELS`` labelled requests were scored by both:
-   the challenger's NLL better with its paired 95% interval excluding zero and its answers' classes identical
-   → promoted (``auto``); worse with the interval excluding zero → rejected and unloaded; otherwise (or with
-   ``propose``) kept in shadow for an operator (``POST .../promote``). One look, not a look per policy pass:
-   repeated looks would promote an equally good challenger sooner or later.
+5. **Decide** when ``CALIBSERVE_RECALIBRATION_MIN_NEW_LABELS`` (n) labelled requests were scored by both, and
+   if undecided at 2n and 4n (``MAX_LOOKS``, each look's paired NLL interval at 98.3%: Bonferroni, so an equally
+   good challenger is promoted in at most 2.5% of cases over all looks): the challenger's NLL better with its
+   interval excluding zero and its answers' classes identical → promoted (``auto``); worse → rejected and
+   unloaded; still undecided after the last look (or with ``propose``) → kept in shadow for an operator.
 6. **Rollback**: ``POST .../rollback`` loads the version that served before the last promotion, at once.
 
 One recalibration per model at a time (a lock; a second is told so); the fit and the build run in a thread,
@@ -47,6 +48,10 @@ logger = logging.getLogger("calibserve.recalibration")
 
 Kind = Literal["refused", "fit", "proposal", "promotion", "rejection", "rollback"]
 CHALLENGER_SUFFIX = ".recalibrated"
+# Looks at the shadow evidence (at n, 2n, 4n new labels), and the level of each look's paired NLL interval:
+# 0.05 spread over the looks (Bonferroni), so an equally good challenger is promoted in at most 2.5% of cases.
+MAX_LOOKS = 3
+PROMOTION_LEVEL = 1.0 - 0.05 / MAX_LOOKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +79,8 @@ class Proposal:
     from_version: str
     from_path: Path
     started: float
-    judged: bool = False  # decided once (kept for an operator): never judged again automatically
+    looks: int = 0  # how often its evidence was judged inconclusive
+    judged: bool = False  # kept for an operator: never judged again automatically
 
 
 class DecisionLog:
@@ -248,6 +254,13 @@ class Recalibrator:
             return self._record(name, "rejection", trigger, served.version, None, reason, base)
         found = await asyncio.to_thread(fit.refit, card, live, settings.recalibration_check_fraction)
         evidence = base | _refit_evidence(found)
+        if found.fit_ece_before < settings.ece_warning:
+            reason = (
+                f"the older {found.fit_rows.stop} labels (the fit part) are still calibrated as served (ECE "
+                f"{found.fit_ece_before:.3f} < warning {settings.ece_warning:g}): the drift is younger than them, "
+                "and a fit on them would not see it; waiting for newer labels"
+            )
+            return self._record(name, "refused", trigger, served.version, None, reason, evidence)
         after = found.check_after.ece
         if after.lower >= settings.ece_warning:  # the interval for the true ECE lies above the warning threshold
             reason = (
@@ -293,9 +306,12 @@ class Recalibrator:
         if scorer is not None:
             await asyncio.to_thread(scorer.drain, 2.0)
         window = self.settings.shadow_window
-        comparison = await asyncio.to_thread(compare_shadow, champion.monitor, challenger.monitor, window)
+        needed = self.settings.recalibration_min_new_labels * 2**proposal.looks
+        comparison = await asyncio.to_thread(
+            compare_shadow, champion.monitor, challenger.monitor, window, PROMOTION_LEVEL
+        )
         paired = comparison.labelled
-        if paired is None or paired.n < self.settings.recalibration_min_new_labels:
+        if paired is None or paired.n < needed:
             return None
         nll = paired.nll.difference
         agreement = comparison.unlabelled.agreement if comparison.unlabelled is not None else 1.0
@@ -325,15 +341,23 @@ class Recalibrator:
             )  # fmt: skip
         if nll.upper < 0.0 and self.settings.recalibration == "auto":
             return await self._promote(name, trigger, evidence)
-        # One look: judged once, at the first MIN_NEW_LABELS, so the test's error rate is its own (looking again
-        # and again until the interval happens to exclude 0 would promote an equal challenger sooner or later).
-        proposal.judged = True
+        # At most MAX_LOOKS looks, at n, 2n, 4n new labels, each at level 1 - 0.05 / MAX_LOOKS (Bonferroni): the
+        # chance of promoting a challenger that is no better stays within 2.5% over all of them (looking on every
+        # pass until the interval happened to exclude 0 would promote it sooner or later).
+        proposal.looks += 1
         words = "better" if nll.upper < 0.0 else "not significantly different"
+        last = proposal.looks >= MAX_LOOKS or self.settings.recalibration != "auto"
+        proposal.judged = last
+        then = (
+            "kept in shadow for an operator to promote (POST .../recalibrations/promote) or replace "
+            "(POST .../recalibrate)"
+            if last
+            else f"looking again at {needed * 2} labelled requests"
+        )
         return self._record(
             name, "proposal", trigger, proposal.from_version, proposal.version,
-            f"judged on {paired.n} labelled requests: NLL {words} ({nll.value:+.4f} [{nll.lower:+.4f}, "
-            f"{nll.upper:+.4f}]); kept in shadow for an operator to promote (POST .../recalibrations/promote) or "
-            "replace (POST .../recalibrate)",
+            f"look {proposal.looks} of {MAX_LOOKS} on {paired.n} labelled requests: NLL {words} ({nll.value:+.4f} "
+            f"[{nll.lower:+.4f}, {nll.upper:+.4f}], {PROMOTION_LEVEL:.1%} paired interval); {then}",
             evidence,
         )  # fmt: skip
 
@@ -415,6 +439,7 @@ def _refit_evidence(found: Any) -> dict[str, Any]:
         "n_fit": found.fit_rows.stop - found.fit_rows.start,
         "n_check": found.check_rows.stop - found.check_rows.start,
         "fit_nll": [found.fit_nll_before, found.fit_nll_after],
+        "fit_ece_before": found.fit_ece_before,
         "check_ece_before": [before.ece.value, before.ece.lower, before.ece.upper],
         "check_ece_after": [after.ece.value, after.ece.lower, after.ece.upper],
         "check_nll_before": [before.nll.value, before.nll.lower, before.nll.upper],

@@ -24,7 +24,7 @@ class ShadowComparison:
     unlabelled: AgreementSummary | None  # None: no request was scored by both yet
 
 
-def compare_shadow(champion: Monitor, challenger: Monitor, window: int) -> ShadowComparison:
+def compare_shadow(champion: Monitor, challenger: Monitor, window: int, level: float = 0.95) -> ShadowComparison:
     """The two versions on the last ``window`` requests both scored (and the last ``window`` labelled ones).
 
     ``StoreUnavailable`` when the log cannot be read; a server that logs nothing has nothing to compare."""
@@ -35,7 +35,9 @@ def compare_shadow(champion: Monitor, challenger: Monitor, window: int) -> Shado
     keys = (champion.name, champion.card.version), (challenger.name, challenger.card.version)
     pairs = log.paired_window(*keys, champion.card.classes, window)
     labelled = (
-        compare_paired(pairs.labelled_champion, pairs.labelled_challenger, pairs.labels) if len(pairs.labels) else None
+        compare_paired(pairs.labelled_champion, pairs.labelled_challenger, pairs.labels, level=level)
+        if len(pairs.labels)
+        else None
     )
     unlabelled = compare_unlabelled(pairs.champion, pairs.challenger) if len(pairs.champion) else None
     return ShadowComparison(keys[0], keys[1], labelled, unlabelled)

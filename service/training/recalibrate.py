@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 
 from service import __version__
 from service import card as c
+from service.calibration.metrics import ece
 from service.calibration.reference import selective_prediction_table
 from service.calibration.temperature import logits_from_probabilities, refit_from_probabilities, softmax
 from service.errors import ArtifactError, DataError
@@ -62,6 +63,7 @@ class Refit:
     check_rows: slice
     fit_nll_before: float
     fit_nll_after: float
+    fit_ece_before: float  # the fit part's ECE as served: below the warning threshold, it saw no drift to fit
     check_before: c.SplitMetrics
     check_after: c.SplitMetrics
     check_probabilities: NDArray[np.float64]  # the check part at the new temperature
@@ -103,6 +105,7 @@ def refit(card: c.CalibrationCard, live: LiveLabels, check_fraction: float) -> R
         check_rows=check_rows,
         fit_nll_before=fit.nll_before,
         fit_nll_after=fit.nll_after,
+        fit_ece_before=ece(live.probabilities[fit_rows], live.labels[fit_rows]),
         check_before=split_metrics(before, labels, SEED),
         check_after=split_metrics(after, labels, SEED),
         check_probabilities=after,
