@@ -107,7 +107,7 @@ def _request(url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
@@ -179,6 +179,21 @@ def test_installed_wheel_serves_its_bundled_model_from_any_directory(tmp_path: P
         # the dashboard's script and stylesheet are package data of the wheel, not files of the checkout
         for path in ("/dashboard", "/dashboard/static/dashboard.js", "/dashboard/static/dashboard.css"):
             assert _request(base + path)[0] == 200, path
+        # recalibration runs on the runtime dependencies alone (no torch, no onnx): fainter digits, refit, shadow
+        from sklearn.datasets import load_digits
+
+        features, labels = load_digits(return_X_y=True)
+        for start in range(0, 600, 100):
+            status, body = _request(
+                base + "/v1/predict", {"instances": (features[start : start + 100] * 0.45).tolist()}
+            )
+            ids = [p["prediction_id"] for p in json.loads(body)["predictions"]]
+            items = [
+                {"prediction_id": i, "label": str(y)} for i, y in zip(ids, labels[start : start + 100], strict=True)
+            ]
+            assert _request(base + "/v1/feedback", {"feedback": items})[0] == 200
+        status, body = _request(base + "/v1/models/digits/recalibrate", {})
+        assert status == 200 and json.loads(body)["kind"] == "proposal", body
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=20) == 0, log_path.read_text()
     finally:

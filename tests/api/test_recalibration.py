@@ -136,6 +136,8 @@ def test_too_few_labels_are_refused_and_writes_need_the_key(tmp_path: Path) -> N
             response = client.post(path, headers=AUTH)
             assert response.status_code == 404 and "digits" in response.json()["error"]["message"]
         assert client.post("/v1/models/nope/recalibrate", headers=AUTH).status_code == 404
+        for path in ("/v1/models/..%2F..%2Fetc/recalibrations", "/v1/models/nope/recalibrations"):
+            assert client.get(path).status_code == 404, path
 
 
 def test_one_recalibration_at_a_time(tmp_path: Path) -> None:

@@ -38,16 +38,22 @@ async def recalibrate(name: str, request: Request) -> dict[str, Any]:
 async def recalibrations(name: str, request: Request) -> dict[str, Any]:
     """Every decision of the loop for ``name`` (fit, proposal, promotion, rejection, rollback, refusal) with
     its evidence, the proposal in shadow if any, and the version a rollback would restore."""
-    return _recalibrator(request).state(name)
+    recalibrator = _recalibrator(request)
+    get_repository(request).resolve(name)  # a served model's name only: it names a directory
+    return recalibrator.state(name)
 
 
 @router.post("/v1/models/{name}/recalibrations/promote", responses=ERRORS, dependencies=[Depends(require_api_key)])
 async def promote(name: str, request: Request) -> dict[str, Any]:
     """Promote the recalibrated version in shadow now (CALIBSERVE_RECALIBRATION=propose leaves this to you)."""
-    return asdict(await _recalibrator(request).promote(name))
+    recalibrator = _recalibrator(request)
+    get_repository(request).resolve(name)
+    return asdict(await recalibrator.promote(name))
 
 
 @router.post("/v1/models/{name}/rollback", responses=ERRORS, dependencies=[Depends(require_api_key)])
 async def rollback(name: str, request: Request) -> dict[str, Any]:
     """Serve the version from before the last promotion again, at once (in-flight requests finish on theirs)."""
-    return asdict(await _recalibrator(request).rollback(name))
+    recalibrator = _recalibrator(request)
+    get_repository(request).resolve(name)
+    return asdict(await recalibrator.rollback(name))
