@@ -4,9 +4,7 @@ afterwards is calibrated on later traffic. bench/recalibration_demo.py is the lo
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +12,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from tests.test_serve_e2e import call_json as call
 from tests.test_serve_e2e import serving
 
 pytestmark = pytest.mark.e2e
-
-
-def call(base: str, path: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
 
 
 def send(base: str, rows: np.ndarray, labels: np.ndarray) -> None:

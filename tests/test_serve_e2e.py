@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,6 +80,14 @@ def wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> h
             return response
         time.sleep(0.1)
     pytest.fail(f"not ready after {READY_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
+
+
+def call_json(base: str, path: str, body: Any = None) -> Any:
+    """GET ``path`` (or POST ``body`` as JSON) on a live server; the decoded answer (urllib: no client library)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 @contextlib.contextmanager

@@ -5,9 +5,7 @@ keyboard. Screenshots go to .artifacts/screenshots/."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,18 +15,12 @@ import pytest
 from tests.browser.conftest import SCREENSHOTS, PageEvents
 from tests.browser.test_docs import only_this_server
 from tests.monitoring.test_feedback_api import digits_test_split, noisy
+from tests.test_serve_e2e import call_json as call
 from tests.test_serve_e2e import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 REFRESH_S = 2
-
-
-def call(base: str, path: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
 
 
 def replay(base: str, rows: np.ndarray, labels: np.ndarray) -> None:
