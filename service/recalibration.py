@@ -181,7 +181,7 @@ class Recalibrator:
                 continue
             if name in self.proposals:
                 await self.decide(name, trigger="policy")
-            elif self._needs_recalibration(name):
+            elif await asyncio.to_thread(self._needs_recalibration, name):  # reads the store: off the loop
                 try:
                     await self.recalibrate(name, trigger="policy")
                 except ServiceError as exc:
@@ -247,7 +247,7 @@ class Recalibrator:
         )
         if why is not None:
             return self._record(name, "refused", trigger, served.version, None, why, base)
-        health = served.monitor.health()
+        health = await asyncio.to_thread(served.monitor.health)
         drop = next((r for r in health.reasons if r.code == "live_accuracy_drop"), None)
         if drop is not None and drop.status == "critical":
             reason = f"live accuracy fell by {drop.value:.3f} (critical): a temperature cannot change accuracy"
