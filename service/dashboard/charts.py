@@ -169,10 +169,15 @@ def time_chart(chart: TimeChart) -> str:
             parts.append(_text("rule-label", LEFT + 4, y - 3, rule.label))
         else:
             parts.append(_text("rule-label", LEFT + plot_w - 4, y - 3, rule.label, "end"))
-    for mark in chart.marks:
+    row, last_x = 0, -1e9
+    for mark in sorted(chart.marks, key=lambda m: m.x):
         x = sx(mark.x)
+        row = row + 1 if x - last_x < 90 else 0  # marks close together: their labels stack, one per line
+        last_x = x if row == 0 else last_x
+        anchor = "end" if x > LEFT + plot_w * 0.75 else "start"  # near the right edge: the label to the left
         parts.append(f'<line class="version-mark" x1="{_fmt(x)}" x2="{_fmt(x)}" y1="{TOP}" y2="{TOP + plot_h}"/>')
-        parts.append(f'<text class="version-label" x="{_fmt(x + 3)}" y="{TOP + 10}">{_e(mark.label)}</text>')
+        label_x = x - 3 if anchor == "end" else x + 3
+        parts.append(_text("version-label", label_x, TOP + 10 + 11 * row, mark.label, anchor))
     for series in chart.series:
         parts.append(f'<g class="series {_e(series.css)}" data-series="{_e(series.name)}">')
         run: list[str] = []
