@@ -333,3 +333,25 @@ def test_overconfident_buckets_are_flagged() -> None:
     buckets = buckets_from_counts(CARD, query, HistoryCounts(classes, confidences, labelled), THRESHOLDS)
     flagged = [b for b in buckets if {c.code: c.status for c in b.checks}["live_ece"] != "ok"]
     assert len(flagged) >= 45
+
+
+def test_a_batch_written_twice_is_counted_once_in_the_rollup(store_target: Path | str) -> None:
+    """A retried batch (its acknowledgement lost) and a batch partly stored already add only their new rows."""
+    from service.monitoring.store import open_store
+    from tests.monitoring.test_log import rows as stored
+
+    rng = np.random.default_rng(4)
+    ids, times, probs = rows_at(rng, 50, time.time() - 100, 50)
+    records = at_times(records_for_batch(ids, "digits", "v", True, probs.argmax(1), probs.max(1), probs, None), times)
+    target = store_target
+    store = open_store(target)
+    try:
+        store.write(records[:30])
+        store.write(records[:30])  # all stored already
+        store.write(records)  # 30 stored, 20 new
+    finally:
+        store.close()
+    assert stored(target, "SELECT kind, SUM(n) FROM prediction_rollup GROUP BY kind ORDER BY kind") == [
+        (0, 50),
+        (1, 50),
+    ]

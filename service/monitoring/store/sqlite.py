@@ -173,6 +173,31 @@ def _ensure_rollup(connection: sqlite3.Connection) -> None:
         raise
 
 
+ROLLUP_UPSERT = (
+    "INSERT INTO prediction_rollup (model, model_version, hour, kind, key, n, confidence_sum) VALUES "
+    "(?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, model_version, hour, kind, key) DO UPDATE SET n = n + excluded.n, "
+    "confidence_sum = confidence_sum + excluded.confidence_sum"
+)
+
+
+def rollup_rows(records: Sequence[PredictionRecord]) -> list[tuple[str, str, int, int, int, int, float]]:
+    """The rollup's rows for a batch, counted here (what ``rollup_insert`` counts in SQL, the same arithmetic:
+    truncation of ``ts / 3600`` and of ``confidence * 120``), sorted like the table's key."""
+    counts: dict[tuple[str, str, int, int, int], list[float]] = {}
+    for r in records:
+        if not r.served:
+            continue
+        hour = int(r.ts / ROLLUP_SECONDS)
+        for kind, key in (
+            (ROLLUP_CLASS, r.class_index),
+            (ROLLUP_CONFIDENCE, min(int(r.confidence * ROLLUP_BINS), ROLLUP_BINS - 1)),
+        ):
+            cell = counts.setdefault((r.model, r.model_version, hour, kind, key), [0, 0.0])
+            cell[0] += 1
+            cell[1] += r.confidence
+    return [(*k, int(v[0]), v[1]) for k, v in sorted(counts.items())]
+
+
 def rebuild_oldest_rollup(connection: sqlite3.Connection) -> None:
     """After pruning: the rollup forgets the hours whose rows are gone, and recounts the oldest hour still
     held (pruning may have taken part of it). Under the write lock, so no batch lands in between."""
@@ -294,8 +319,12 @@ class SQLiteStore(Store):
             # The rows this batch adds have rowids above every existing one (no AUTOINCREMENT: max + 1), and
             # only they go into the rollup: a row already stored (INSERT OR IGNORE) is not counted twice.
             last = connection.execute("SELECT COALESCE(MAX(rowid), 0) FROM predictions").fetchone()[0]
+            before = connection.total_changes
             connection.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
-            connection.execute(rollup_insert("rowid > ?"), (last, last))
+            if connection.total_changes - before == len(records):  # every row is new (the normal case)
+                connection.executemany(ROLLUP_UPSERT, rollup_rows(records))
+            else:  # some were stored already: count only the rows this batch added, read back by rowid
+                connection.execute(rollup_insert("rowid > ?"), (last, last))
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             _rollback(connection)
