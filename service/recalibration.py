@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 
 from service.errors import ConfigurationError, Conflict, ModelNotFound, ServiceError
+from service.inference.artifact import resolve_model_path
 from service.monitoring.comparison import compare_shadow
 from service.repository import ModelRepository
 from service.settings import Settings
@@ -269,9 +270,7 @@ class Recalibrator:
                 f"threshold {settings.ece_warning:g}: temperature cannot repair this drift"
             )
             return self._record(name, "rejection", trigger, served.version, None, reason, evidence)
-        model_bytes = await asyncio.to_thread(served.path.read_bytes) if served.path.is_file() else None
-        if model_bytes is None:
-            model_bytes = await asyncio.to_thread((served.path / "model.onnx").read_bytes)
+        model_bytes = await asyncio.to_thread(resolve_model_path(served.path).read_bytes)
         new_bytes, new_card = await asyncio.to_thread(fit.build_artifact, model_bytes, card, live, found)
         directory = self.root / name / new_card.version[:16]
         path = await asyncio.to_thread(fit.write_artifact, directory, new_bytes, new_card)

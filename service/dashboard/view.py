@@ -80,7 +80,7 @@ def build_view(
     log = repository.log
     history: History | None = None
     history_error: str | None = None
-    shown = choose_range(range_key, None, now) if range_key != AUTO else "1h"
+    shown = choose_range(range_key, None, now)  # validates the range; "auto" without a log: 1 h
     if log is not None:
         try:
             oldest = log.first_prediction_time(served.name, now - RANGES["30d"][0]) if range_key == AUTO else None

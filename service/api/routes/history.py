@@ -16,7 +16,7 @@ from service.api.deps import get_repository
 from service.api.schemas import ErrorResponse
 from service.card import CalibrationCard
 from service.errors import FeatureOff, InvalidInput
-from service.monitoring.history import MAX_BUCKETS, History, LabelledCache, calibration_history
+from service.monitoring.history import MAX_BUCKETS, History, LabelledCache, aligned_range, calibration_history
 from service.monitoring.live import LiveThresholds
 from service.repository import ModelRepository
 
@@ -96,9 +96,10 @@ async def history(
     start = parse_time(since, end - 86400.0, "since")
     if not end > start:
         raise InvalidInput(f"since ({iso(start)}) must be before until ({iso(end)})", {"since": since, "until": until})
-    if (end - start) / bucket_s > MAX_BUCKETS:
+    first, last = aligned_range(start, end, bucket_s)  # the buckets the history will have
+    if (last - first) / bucket_s > MAX_BUCKETS:
         raise InvalidInput(
-            f"{(end - start) / bucket_s:.0f} buckets asked for, at most {MAX_BUCKETS}: a shorter range or longer "
+            f"{(last - first) / bucket_s:.0f} buckets asked for, at most {MAX_BUCKETS}: a shorter range or longer "
             "buckets",
             {"bucket": bucket},
         )
